@@ -1,0 +1,1 @@
+"""The one public door: OpenAI-compatible REST, platform routes, and the public gRPC services."""

@@ -1,0 +1,1 @@
+"""tuneloop's five services and the small library they share."""

@@ -1,0 +1,1 @@
+"""The data-prep service: uploaded files and the datasets prepared from them."""

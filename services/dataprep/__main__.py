@@ -1,0 +1,5 @@
+from services.dataprep.server import DEFINITION
+from services.shared.process import run_service
+
+if __name__ == "__main__":
+    run_service(DEFINITION)

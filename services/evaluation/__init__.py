@@ -1,0 +1,1 @@
+"""The evaluation service: metrics, side-by-side runs and the promotion gate."""

@@ -1,0 +1,1 @@
+"""The feedback service: thumbs up/down and corrections of served completions."""

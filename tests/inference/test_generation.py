@@ -1,0 +1,125 @@
+import threading
+
+import pytest
+
+from services.inference.generation import Generator
+from services.shared.errors import InvalidArgument, NotFound
+from services.shared.models import ModelStore
+from services.shared.settings import Settings
+
+MODEL = "tiny-llama"
+CHAT = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture
+def generator(tiny_settings: Settings) -> Generator:
+    return Generator(ModelStore(tiny_settings))
+
+
+def test_greedy_generation_is_deterministic(generator: Generator) -> None:
+    first = generator.generate(MODEL, messages=CHAT, max_tokens=12, temperature=0)
+    second = generator.generate(MODEL, messages=CHAT, max_tokens=12, temperature=0, seed=123)
+    assert first == second
+    assert first.finish_reason == "length"
+    assert first.completion_tokens == 12
+    assert first.text
+
+
+def test_chat_is_rendered_with_the_template(generator: Generator, tiny_settings: Settings) -> None:
+    _, tokenizer = ModelStore(tiny_settings).load(MODEL)
+    rendered = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    expected = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    generation = generator.generate(MODEL, messages=CHAT, max_tokens=1, temperature=0)
+    assert generation.prompt_tokens == expected
+    assert rendered.endswith("<|im_start|>assistant\n")
+
+
+def test_same_seed_same_sample(generator: Generator) -> None:
+    runs = [
+        generator.generate(MODEL, prompt="Once upon", max_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+
+
+def test_zero_max_tokens_generates_nothing(generator: Generator) -> None:
+    generation = generator.generate(MODEL, prompt="Hi", max_tokens=0, temperature=0)
+    assert (generation.text, generation.completion_tokens, generation.finish_reason) == ("", 0, "length")
+
+
+def test_stop_string_cuts_the_text(generator: Generator) -> None:
+    # A seeded sample: the random tiny model's greedy text just repeats one token.
+    request = {"prompt": "The answer is", "max_tokens": 24, "temperature": 1.0, "seed": 3}
+    full = generator.generate(MODEL, **request)
+    words = full.text.split()
+    stop = words[len(words) // 2]
+    cut = generator.generate(MODEL, **request, stop=["never seen", stop])
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert cut.text and stop not in cut.text
+    assert cut.completion_tokens < full.completion_tokens
+
+
+def test_concurrent_requests_load_once_and_agree(
+    generator: Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads = []
+    real_load = ModelStore.load
+
+    def counting_load(self, model_id, dtype=None):
+        loads.append(model_id)
+        return real_load(self, model_id, dtype)
+
+    monkeypatch.setattr(ModelStore, "load", counting_load)
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(generator.generate(MODEL, prompt="Hi", max_tokens=5, temperature=0))
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert loads == [MODEL]
+    assert len(results) == 4 and all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"messages": CHAT, "prompt": "x"}, "messages"),
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [*CHAT, {"role": "user"}]}, "messages[1].content"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 10_000}, "max_tokens"),
+        ({"prompt": "x", "temperature": -0.1}, "temperature"),
+        ({"prompt": "x", "temperature": float("nan")}, "temperature"),
+        ({"prompt": "x", "top_p": 1.5}, "top_p"),
+        ({"prompt": "x", "seed": "7"}, "seed"),
+        ({"prompt": "x", "stop": [""]}, "stop"),
+        ({"prompt": "x", "stop": "\n"}, "stop"),
+    ],
+)
+def test_invalid_requests_name_the_field(generator: Generator, kwargs: dict, field: str) -> None:
+    request = {"max_tokens": 4, "temperature": 0.0, **kwargs}
+    with pytest.raises(InvalidArgument) as caught:
+        generator.generate(MODEL, **request)
+    assert caught.value.param == field
+
+
+def test_prompt_plus_max_tokens_must_fit_the_context(generator: Generator) -> None:
+    with pytest.raises(InvalidArgument, match="context length") as caught:
+        generator.generate(MODEL, prompt="word " * 200, max_tokens=100, temperature=0)
+    assert caught.value.param == "max_tokens"
+
+
+def test_unknown_model(generator: Generator) -> None:
+    with pytest.raises(NotFound, match="tiny-llama"):
+        generator.generate("gpt-9", prompt="x", max_tokens=1, temperature=0)
+    with pytest.raises(InvalidArgument):
+        generator.generate("../tiny-llama", prompt="x", max_tokens=1, temperature=0)

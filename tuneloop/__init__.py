@@ -1,0 +1,1 @@
+"""The tuneloop command line and the local launcher that starts the whole stack."""

@@ -1,0 +1,3 @@
+from tuneloop.cli import app
+
+app(prog_name="tuneloop")
