@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.shared.settings import Settings
-from tuneloop.launcher import LaunchConfig, Stack
+from tuneloop.launcher import LaunchConfig, Stack, StartupAborted
 
 app = typer.Typer(help="tuneloop: fine-tune an open LLM on your domain, prove it, serve it, keep improving it.",
                   no_args_is_help=True)
@@ -53,17 +53,19 @@ def up(
         ),
         echo=console.print,
     )
+    # From here on SIGTERM and Ctrl-C ask the stack to stop, even half-way through starting, so
+    # no child (each runs in its own session) is ever left behind.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stack.request_stop())
     with console.status("starting NATS, dataprep, training, evaluation, feedback, inference and the gateway"):
         try:
             stack.start()
+        except StartupAborted:
+            console.print("stopped before start-up finished.")
+            raise typer.Exit(0) from None
         except (RuntimeError, TimeoutError, FileNotFoundError) as error:
             console.print(f"[red]tuneloop up failed:[/red] {error}")
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            stack.stop()
-            raise typer.Exit(130) from None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stack.request_stop())
     table = Table(title="tuneloop is up", show_header=False)
     table.add_row("REST (OpenAI-compatible)", f"{stack.url}/v1")
     table.add_row("gRPC", f"{host}:{grpc_port}")

@@ -26,6 +26,10 @@ NEW_KEY_PREFIX = "TUNELOOP_NEW_API_KEY="  # printed by gateway/__main__.py
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
 
+class StartupAborted(Exception):
+    """A stop was asked for before every part was healthy; everything started has been stopped."""
+
+
 @dataclass
 class LaunchConfig:
     data_dir: Path
@@ -169,6 +173,9 @@ class Stack:
         deadline = time.monotonic() + timeout
         report = None
         while time.monotonic() < deadline:
+            if self._stopping.is_set():  # SIGTERM or Ctrl-C while starting
+                self.stop()
+                raise StartupAborted("stopped while starting")
             dead = [part.name for part in self.parts if not part.alive]
             if dead:
                 self.stop()

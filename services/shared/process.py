@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from protos import events_pb2
 from services.shared.bus import EventBus
+from services.shared.consumer import Handler
 from services.shared.db import Database
 from services.shared.outbox import MessagingTables, OutboxRelay
 from services.shared.rpc import GrpcServer, start_server
@@ -27,9 +26,6 @@ from services.shared.settings import ServiceSettings
 from services.shared.telemetry import setup_tracing
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[AsyncSession, events_pb2.Envelope], Awaitable[None]]
-
 
 @dataclass
 class Subscription:

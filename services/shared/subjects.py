@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 SUBJECT_PREFIX = "tuneloop."
+# The header that carries the envelope id, so JetStream drops a repeated publish.
+MSG_ID_HEADER = "Nats-Msg-Id"
 
 DATASET_PREPARED = "dataset.prepared"
 TRAINING_REQUESTED = "training.requested"

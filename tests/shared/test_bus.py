@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from protos import events_pb2
 from services.shared.bus import Consumer, EventBus, new_envelope, payload_of
 from services.shared.db import Database
-from services.shared.settings import Settings
 from services.shared.subjects import MODEL_DEPLOYED, TRAINING_COMPLETED, TRAINING_REQUESTED, subject_for
-from tests.shared.consumer_process import PREFIX, STREAM, build_tables, wait_until
+from tests.shared.conftest import EFFECTS, TABLES  # noqa: E402  (one set of test tables)
+from tests.shared.consumer_process import STREAM, wait_until
 
-METADATA, TABLES, EFFECTS = build_tables()
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,23 +30,6 @@ def _requested(job_id: str = "job-1", **kwargs) -> events_pb2.Envelope:
         source="test",
         **kwargs,
     )
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, service=PREFIX)
-    async with database.engine.begin() as connection:
-        await connection.run_sync(METADATA.create_all)
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[EventBus]:
-    event_bus = await EventBus.connect(Settings(nats_url=nats_url, stream_name=STREAM), name="test")
-    await event_bus.ensure_stream()
-    yield event_bus
-    await event_bus.close()
 
 
 async def _effects(db: Database, event_id: str | None = None) -> int:

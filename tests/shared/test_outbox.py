@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
@@ -18,9 +17,8 @@ from services.shared.db import Database
 from services.shared.outbox import OutboxRelay, add_to_outbox, create_messaging_tables, messaging_tables
 from services.shared.settings import Settings
 from services.shared.subjects import TRAINING_REQUESTED
-from tests.shared.consumer_process import PREFIX, STREAM, build_tables, wait_until
-
-METADATA, TABLES, EFFECTS = build_tables()
+from tests.shared.conftest import EFFECTS, TABLES  # noqa: E402  (one set of test tables)
+from tests.shared.consumer_process import STREAM, wait_until
 
 
 def _event(job_id: str = "job-1") -> events_pb2.Envelope:
@@ -29,23 +27,6 @@ def _event(job_id: str = "job-1") -> events_pb2.Envelope:
         events_pb2.TrainingRequested(job_id=job_id, base_model="m", dataset_id="d"),
         source="test",
     )
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url, service=PREFIX)
-    async with database.engine.begin() as connection:
-        await connection.run_sync(METADATA.create_all)
-    yield database
-    await database.close()
-
-
-@pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[EventBus]:
-    event_bus = await EventBus.connect(Settings(nats_url=nats_url, stream_name=STREAM), name="test")
-    await event_bus.ensure_stream()
-    yield event_bus
-    await event_bus.close()
 
 
 async def _count(db: Database, table: sa.Table, *where) -> int:

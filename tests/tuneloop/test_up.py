@@ -275,3 +275,16 @@ def test_up_uses_an_existing_nats_and_postgresql(tmp_path, nats_server, request)
         engine.dispose()
     for part in ("gateway", "dataprep", "training", "evaluation", "feedback", "inference"):
         assert f"{part}_alembic_version" in tables
+
+
+def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path):
+    up = UpProcess(tmp_path, _env(TUNELOOP_API_KEY=API_KEY))
+    deadline = time.monotonic() + 30
+    children: list[psutil.Process] = []
+    while len(children) < 7 and time.monotonic() < deadline:  # every part started, none healthy yet
+        children = up.children()
+        time.sleep(0.05)
+    assert len(children) >= 7, up.output.read_text()
+    assert up.stop() == 0
+    gone = psutil.wait_procs(children, timeout=20)[1]
+    assert not gone, f"still running: {gone}"
