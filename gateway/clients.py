@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 import grpc
@@ -49,3 +49,27 @@ async def call(service: str, pending: Awaitable[T]) -> T:
         return await pending
     except grpc.aio.AioRpcError as error:
         raise error_from_rpc(error, service=service) from None
+
+
+async def stream(service: str, responses) -> AsyncIterator[bytes]:
+    """The `data` of a server-streaming call's messages, with errors raised before the first byte.
+
+    The first message is awaited here, so a NOT_FOUND becomes a proper HTTP error instead of a
+    stream that breaks after its 200 status has been sent.
+    """
+    iterator = responses.__aiter__()
+    try:
+        first = await iterator.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except grpc.aio.AioRpcError as error:
+        raise error_from_rpc(error, service=service) from None
+
+    async def rest() -> AsyncIterator[bytes]:
+        if first is None:
+            return
+        yield first.data
+        async for message in iterator:
+            yield message.data
+
+    return rest()

@@ -22,39 +22,76 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/dataprep.proto\x12\x0btuneloop.v1\"h\n\x04\x46ile\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"5\n\x10UploadFileHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"P\n\x11UploadFileRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tuneloop.v1.UploadFileHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"5\n\x12UploadFileResponse\x12\x1f\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x11.tuneloop.v1.File\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"2\n\x0fGetFileResponse\x12\x1f\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x11.tuneloop.v1.File\"2\n\x10ListFilesRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"5\n\x11ListFilesResponse\x12 \n\x05\x66iles\x18\x01 \x03(\x0b\x32\x11.tuneloop.v1.File\"(\n\x15GetFileContentRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"&\n\x16GetFileContentResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"6\n\x12\x44\x65leteFileResponse\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x32\x99\x03\n\x08\x44\x61taPrep\x12O\n\nUploadFile\x12\x1e.tuneloop.v1.UploadFileRequest\x1a\x1f.tuneloop.v1.UploadFileResponse(\x01\x12\x44\n\x07GetFile\x12\x1b.tuneloop.v1.GetFileRequest\x1a\x1c.tuneloop.v1.GetFileResponse\x12J\n\tListFiles\x12\x1d.tuneloop.v1.ListFilesRequest\x1a\x1e.tuneloop.v1.ListFilesResponse\x12[\n\x0eGetFileContent\x12\".tuneloop.v1.GetFileContentRequest\x1a#.tuneloop.v1.GetFileContentResponse0\x01\x12M\n\nDeleteFile\x12\x1e.tuneloop.v1.DeleteFileRequest\x1a\x1f.tuneloop.v1.DeleteFileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/dataprep.proto\x12\x0btuneloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"h\n\x04\x46ile\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x12\n\ncreated_at\x18\x03 \x01(\x03\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\"5\n\x10UploadFileHeader\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"P\n\x11UploadFileRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.tuneloop.v1.UploadFileHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"5\n\x12UploadFileResponse\x12\x1f\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x11.tuneloop.v1.File\"!\n\x0eGetFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"2\n\x0fGetFileResponse\x12\x1f\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x11.tuneloop.v1.File\"2\n\x10ListFilesRequest\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"5\n\x11ListFilesResponse\x12 \n\x05\x66iles\x18\x01 \x03(\x0b\x32\x11.tuneloop.v1.File\"(\n\x15GetFileContentRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"&\n\x16GetFileContentResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"$\n\x11\x44\x65leteFileRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\"6\n\x12\x44\x65leteFileResponse\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\xb4\x04\n\x0ePrepareOptions\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12 \n\x13validation_fraction\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\x14\n\x0c\x64rop_invalid\x18\x04 \x01(\x08\x12\x1a\n\ranonymize_pii\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x14\n\x0cpii_entities\x18\x06 \x03(\t\x12J\n\x10pii_placeholders\x18\x07 \x03(\x0b\x32\x30.tuneloop.v1.PrepareOptions.PiiPlaceholdersEntry\x12%\n\x18near_duplicate_threshold\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nbase_model\x18\t \x01(\t\x12\x15\n\x08n_epochs\x18\n \x01(\x05H\x03\x88\x01\x01\x12 \n\x13price_per_1k_tokens\x18\x0b \x01(\x01H\x04\x88\x01\x01\x12\x1f\n\x12review_sample_size\x18\x0c \x01(\x05H\x05\x88\x01\x01\x1a\x36\n\x14PiiPlaceholdersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x16\n\x14_validation_fractionB\x10\n\x0e_anonymize_piiB\x1b\n\x19_near_duplicate_thresholdB\x0b\n\t_n_epochsB\x16\n\x14_price_per_1k_tokensB\x15\n\x13_review_sample_size\"\xab\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x05 \x01(\t\x12\x16\n\x0etrain_examples\x18\x06 \x01(\x03\x12\x1b\n\x13validation_examples\x18\x07 \x01(\x03\x12\x14\n\x0ctrain_sha256\x18\x08 \x01(\t\x12\x19\n\x11validation_sha256\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x17\n\x0flines_processed\x18\x0b \x01(\x03\x12,\n\x07options\x18\x0c \x01(\x0b\x32\x1b.tuneloop.v1.PrepareOptions\x12\x13\n\x0b\x66inished_at\x18\r \x01(\x03\"V\n\x15PrepareDatasetRequest\x12\x0f\n\x07\x66ile_id\x18\x01 \x01(\t\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.tuneloop.v1.PrepareOptions\"P\n\x16PrepareDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.tuneloop.v1.Dataset\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\";\n\x12GetDatasetResponse\x12%\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x14.tuneloop.v1.Dataset\"$\n\x13ListDatasetsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\">\n\x14ListDatasetsResponse\x12&\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x14.tuneloop.v1.Dataset\"&\n\x10GetReportRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"P\n\x11GetReportResponse\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\'\n\x06report\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"M\n\x19\x45xportReviewSampleRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"*\n\x1a\x45xportReviewSampleResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"=\n\x18GetDatasetContentRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\")\n\x19GetDatasetContentResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xe2\x01\n\x18GenerateSyntheticRequest\x12\x14\n\x0cseed_file_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x18\n\x10teacher_base_url\x18\x03 \x01(\t\x12\x17\n\x0fteacher_api_key\x18\x04 \x01(\t\x12\x15\n\rteacher_model\x18\x05 \x01(\t\x12\x14\n\x0cinstructions\x18\x06 \x01(\t\x12,\n\x07options\x18\x07 \x01(\x0b\x32\x1b.tuneloop.v1.PrepareOptions\x12\x13\n\x0btemperature\x18\x08 \x01(\x01\"v\n\x19GenerateSyntheticResponse\x12\x1f\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x11.tuneloop.v1.File\x12%\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x14.tuneloop.v1.Dataset\x12\x11\n\tgenerated\x18\x03 \x01(\x05\x32\x97\x08\n\x08\x44\x61taPrep\x12O\n\nUploadFile\x12\x1e.tuneloop.v1.UploadFileRequest\x1a\x1f.tuneloop.v1.UploadFileResponse(\x01\x12\x44\n\x07GetFile\x12\x1b.tuneloop.v1.GetFileRequest\x1a\x1c.tuneloop.v1.GetFileResponse\x12J\n\tListFiles\x12\x1d.tuneloop.v1.ListFilesRequest\x1a\x1e.tuneloop.v1.ListFilesResponse\x12[\n\x0eGetFileContent\x12\".tuneloop.v1.GetFileContentRequest\x1a#.tuneloop.v1.GetFileContentResponse0\x01\x12M\n\nDeleteFile\x12\x1e.tuneloop.v1.DeleteFileRequest\x1a\x1f.tuneloop.v1.DeleteFileResponse\x12Y\n\x0ePrepareDataset\x12\".tuneloop.v1.PrepareDatasetRequest\x1a#.tuneloop.v1.PrepareDatasetResponse\x12M\n\nGetDataset\x12\x1e.tuneloop.v1.GetDatasetRequest\x1a\x1f.tuneloop.v1.GetDatasetResponse\x12S\n\x0cListDatasets\x12 .tuneloop.v1.ListDatasetsRequest\x1a!.tuneloop.v1.ListDatasetsResponse\x12J\n\tGetReport\x12\x1d.tuneloop.v1.GetReportRequest\x1a\x1e.tuneloop.v1.GetReportResponse\x12g\n\x12\x45xportReviewSample\x12&.tuneloop.v1.ExportReviewSampleRequest\x1a\'.tuneloop.v1.ExportReviewSampleResponse0\x01\x12\x64\n\x11GetDatasetContent\x12%.tuneloop.v1.GetDatasetContentRequest\x1a&.tuneloop.v1.GetDatasetContentResponse0\x01\x12\x62\n\x11GenerateSynthetic\x12%.tuneloop.v1.GenerateSyntheticRequest\x1a&.tuneloop.v1.GenerateSyntheticResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.dataprep_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FILE']._serialized_start=38
-  _globals['_FILE']._serialized_end=142
-  _globals['_UPLOADFILEHEADER']._serialized_start=144
-  _globals['_UPLOADFILEHEADER']._serialized_end=197
-  _globals['_UPLOADFILEREQUEST']._serialized_start=199
-  _globals['_UPLOADFILEREQUEST']._serialized_end=279
-  _globals['_UPLOADFILERESPONSE']._serialized_start=281
-  _globals['_UPLOADFILERESPONSE']._serialized_end=334
-  _globals['_GETFILEREQUEST']._serialized_start=336
-  _globals['_GETFILEREQUEST']._serialized_end=369
-  _globals['_GETFILERESPONSE']._serialized_start=371
-  _globals['_GETFILERESPONSE']._serialized_end=421
-  _globals['_LISTFILESREQUEST']._serialized_start=423
-  _globals['_LISTFILESREQUEST']._serialized_end=473
-  _globals['_LISTFILESRESPONSE']._serialized_start=475
-  _globals['_LISTFILESRESPONSE']._serialized_end=528
-  _globals['_GETFILECONTENTREQUEST']._serialized_start=530
-  _globals['_GETFILECONTENTREQUEST']._serialized_end=570
-  _globals['_GETFILECONTENTRESPONSE']._serialized_start=572
-  _globals['_GETFILECONTENTRESPONSE']._serialized_end=610
-  _globals['_DELETEFILEREQUEST']._serialized_start=612
-  _globals['_DELETEFILEREQUEST']._serialized_end=648
-  _globals['_DELETEFILERESPONSE']._serialized_start=650
-  _globals['_DELETEFILERESPONSE']._serialized_end=704
-  _globals['_DATAPREP']._serialized_start=707
-  _globals['_DATAPREP']._serialized_end=1116
+  _globals['_PREPAREOPTIONS_PIIPLACEHOLDERSENTRY']._loaded_options = None
+  _globals['_PREPAREOPTIONS_PIIPLACEHOLDERSENTRY']._serialized_options = b'8\001'
+  _globals['_FILE']._serialized_start=68
+  _globals['_FILE']._serialized_end=172
+  _globals['_UPLOADFILEHEADER']._serialized_start=174
+  _globals['_UPLOADFILEHEADER']._serialized_end=227
+  _globals['_UPLOADFILEREQUEST']._serialized_start=229
+  _globals['_UPLOADFILEREQUEST']._serialized_end=309
+  _globals['_UPLOADFILERESPONSE']._serialized_start=311
+  _globals['_UPLOADFILERESPONSE']._serialized_end=364
+  _globals['_GETFILEREQUEST']._serialized_start=366
+  _globals['_GETFILEREQUEST']._serialized_end=399
+  _globals['_GETFILERESPONSE']._serialized_start=401
+  _globals['_GETFILERESPONSE']._serialized_end=451
+  _globals['_LISTFILESREQUEST']._serialized_start=453
+  _globals['_LISTFILESREQUEST']._serialized_end=503
+  _globals['_LISTFILESRESPONSE']._serialized_start=505
+  _globals['_LISTFILESRESPONSE']._serialized_end=558
+  _globals['_GETFILECONTENTREQUEST']._serialized_start=560
+  _globals['_GETFILECONTENTREQUEST']._serialized_end=600
+  _globals['_GETFILECONTENTRESPONSE']._serialized_start=602
+  _globals['_GETFILECONTENTRESPONSE']._serialized_end=640
+  _globals['_DELETEFILEREQUEST']._serialized_start=642
+  _globals['_DELETEFILEREQUEST']._serialized_end=678
+  _globals['_DELETEFILERESPONSE']._serialized_start=680
+  _globals['_DELETEFILERESPONSE']._serialized_end=734
+  _globals['_PREPAREOPTIONS']._serialized_start=737
+  _globals['_PREPAREOPTIONS']._serialized_end=1301
+  _globals['_PREPAREOPTIONS_PIIPLACEHOLDERSENTRY']._serialized_start=1116
+  _globals['_PREPAREOPTIONS_PIIPLACEHOLDERSENTRY']._serialized_end=1170
+  _globals['_DATASET']._serialized_start=1304
+  _globals['_DATASET']._serialized_end=1603
+  _globals['_PREPAREDATASETREQUEST']._serialized_start=1605
+  _globals['_PREPAREDATASETREQUEST']._serialized_end=1691
+  _globals['_PREPAREDATASETRESPONSE']._serialized_start=1693
+  _globals['_PREPAREDATASETRESPONSE']._serialized_end=1773
+  _globals['_GETDATASETREQUEST']._serialized_start=1775
+  _globals['_GETDATASETREQUEST']._serialized_end=1814
+  _globals['_GETDATASETRESPONSE']._serialized_start=1816
+  _globals['_GETDATASETRESPONSE']._serialized_end=1875
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1877
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1913
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1915
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1977
+  _globals['_GETREPORTREQUEST']._serialized_start=1979
+  _globals['_GETREPORTREQUEST']._serialized_end=2017
+  _globals['_GETREPORTRESPONSE']._serialized_start=2019
+  _globals['_GETREPORTRESPONSE']._serialized_end=2099
+  _globals['_EXPORTREVIEWSAMPLEREQUEST']._serialized_start=2101
+  _globals['_EXPORTREVIEWSAMPLEREQUEST']._serialized_end=2178
+  _globals['_EXPORTREVIEWSAMPLERESPONSE']._serialized_start=2180
+  _globals['_EXPORTREVIEWSAMPLERESPONSE']._serialized_end=2222
+  _globals['_GETDATASETCONTENTREQUEST']._serialized_start=2224
+  _globals['_GETDATASETCONTENTREQUEST']._serialized_end=2285
+  _globals['_GETDATASETCONTENTRESPONSE']._serialized_start=2287
+  _globals['_GETDATASETCONTENTRESPONSE']._serialized_end=2328
+  _globals['_GENERATESYNTHETICREQUEST']._serialized_start=2331
+  _globals['_GENERATESYNTHETICREQUEST']._serialized_end=2557
+  _globals['_GENERATESYNTHETICRESPONSE']._serialized_start=2559
+  _globals['_GENERATESYNTHETICRESPONSE']._serialized_end=2677
+  _globals['_DATAPREP']._serialized_start=2680
+  _globals['_DATAPREP']._serialized_end=3727
 # @@protoc_insertion_point(module_scope)

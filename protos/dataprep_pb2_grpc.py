@@ -60,6 +60,41 @@ class DataPrepStub:
                 request_serializer=protos_dot_dataprep__pb2.DeleteFileRequest.SerializeToString,
                 response_deserializer=protos_dot_dataprep__pb2.DeleteFileResponse.FromString,
                 _registered_method=True)
+        self.PrepareDataset = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/PrepareDataset',
+                request_serializer=protos_dot_dataprep__pb2.PrepareDatasetRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.PrepareDatasetResponse.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/GetDataset',
+                request_serializer=protos_dot_dataprep__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.GetDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/ListDatasets',
+                request_serializer=protos_dot_dataprep__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/GetReport',
+                request_serializer=protos_dot_dataprep__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.GetReportResponse.FromString,
+                _registered_method=True)
+        self.ExportReviewSample = channel.unary_stream(
+                '/tuneloop.v1.DataPrep/ExportReviewSample',
+                request_serializer=protos_dot_dataprep__pb2.ExportReviewSampleRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.ExportReviewSampleResponse.FromString,
+                _registered_method=True)
+        self.GetDatasetContent = channel.unary_stream(
+                '/tuneloop.v1.DataPrep/GetDatasetContent',
+                request_serializer=protos_dot_dataprep__pb2.GetDatasetContentRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.GetDatasetContentResponse.FromString,
+                _registered_method=True)
+        self.GenerateSynthetic = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/GenerateSynthetic',
+                request_serializer=protos_dot_dataprep__pb2.GenerateSyntheticRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.GenerateSyntheticResponse.FromString,
+                _registered_method=True)
 
 
 class DataPrepServicer:
@@ -102,6 +137,56 @@ class DataPrepServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareDataset(self, request, context):
+        """Starts preparing a dataset from an uploaded file: validate, clean, anonymise, split, report.
+        The same file with the same options gives the same dataset (it is content-addressed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Returns a dataset's state: "processing", "ready" or "failed".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Lists a tenant's datasets, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReport(self, request, context):
+        """Returns the report of a prepared (or rejected) dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportReviewSample(self, request, context):
+        """Streams a review sample for domain experts, as JSONL or CSV.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDatasetContent(self, request, context):
+        """Streams one split of a ready dataset as JSONL in OpenAI's format.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateSynthetic(self, request, context):
+        """Asks a teacher model for new examples like the seed examples, then prepares them as a dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPrepServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +214,41 @@ def add_DataPrepServicer_to_server(servicer, server):
                     servicer.DeleteFile,
                     request_deserializer=protos_dot_dataprep__pb2.DeleteFileRequest.FromString,
                     response_serializer=protos_dot_dataprep__pb2.DeleteFileResponse.SerializeToString,
+            ),
+            'PrepareDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareDataset,
+                    request_deserializer=protos_dot_dataprep__pb2.PrepareDatasetRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.PrepareDatasetResponse.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=protos_dot_dataprep__pb2.GetDatasetRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.GetDatasetResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=protos_dot_dataprep__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=protos_dot_dataprep__pb2.GetReportRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.GetReportResponse.SerializeToString,
+            ),
+            'ExportReviewSample': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportReviewSample,
+                    request_deserializer=protos_dot_dataprep__pb2.ExportReviewSampleRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.ExportReviewSampleResponse.SerializeToString,
+            ),
+            'GetDatasetContent': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetDatasetContent,
+                    request_deserializer=protos_dot_dataprep__pb2.GetDatasetContentRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.GetDatasetContentResponse.SerializeToString,
+            ),
+            'GenerateSynthetic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateSynthetic,
+                    request_deserializer=protos_dot_dataprep__pb2.GenerateSyntheticRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.GenerateSyntheticResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +387,195 @@ class DataPrep:
             '/tuneloop.v1.DataPrep/DeleteFile',
             protos_dot_dataprep__pb2.DeleteFileRequest.SerializeToString,
             protos_dot_dataprep__pb2.DeleteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/PrepareDataset',
+            protos_dot_dataprep__pb2.PrepareDatasetRequest.SerializeToString,
+            protos_dot_dataprep__pb2.PrepareDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/GetDataset',
+            protos_dot_dataprep__pb2.GetDatasetRequest.SerializeToString,
+            protos_dot_dataprep__pb2.GetDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/ListDatasets',
+            protos_dot_dataprep__pb2.ListDatasetsRequest.SerializeToString,
+            protos_dot_dataprep__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/GetReport',
+            protos_dot_dataprep__pb2.GetReportRequest.SerializeToString,
+            protos_dot_dataprep__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportReviewSample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/ExportReviewSample',
+            protos_dot_dataprep__pb2.ExportReviewSampleRequest.SerializeToString,
+            protos_dot_dataprep__pb2.ExportReviewSampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatasetContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/GetDatasetContent',
+            protos_dot_dataprep__pb2.GetDatasetContentRequest.SerializeToString,
+            protos_dot_dataprep__pb2.GetDatasetContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateSynthetic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/GenerateSynthetic',
+            protos_dot_dataprep__pb2.GenerateSyntheticRequest.SerializeToString,
+            protos_dot_dataprep__pb2.GenerateSyntheticResponse.FromString,
             options,
             channel_credentials,
             insecure,

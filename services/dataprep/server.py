@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
 from protos import dataprep_pb2, dataprep_pb2_grpc
 from services.dataprep import store
 from services.dataprep.files import check_file_id, validate_upload
+from services.dataprep.options import PrepareConfig
+from services.dataprep.pipeline import PIPELINE_VERSION, PipelineResources
+from services.dataprep.report import write_review_csv
+from services.dataprep.review import read_review_sample
 from services.dataprep.settings import DataprepSettings
+from services.dataprep.synthetic import TeacherConfig, generate_examples
+from services.dataprep.validation import iter_validated
+from services.dataprep.worker import DatasetWorker
 from services.shared.artifacts import ArtifactStore
-from services.shared.errors import InvalidArgument
+from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import tenant_of
 
@@ -28,11 +38,78 @@ def _file_message(record: store.FileRecord) -> dataprep_pb2.File:
     )
 
 
+MAX_SEEDS = 1000
+
+
+def _config(options: dataprep_pb2.PrepareOptions, default_base_model: str) -> PrepareConfig:
+    """The request's options with every default filled in, so equal requests give equal configs."""
+    return PrepareConfig(
+        base_model=options.base_model or default_base_model,
+        format=options.format or None,
+        validation_fraction=options.validation_fraction if options.HasField("validation_fraction") else 0.1,
+        seed=options.seed,
+        drop_invalid=options.drop_invalid,
+        anonymize_pii=options.anonymize_pii if options.HasField("anonymize_pii") else True,
+        pii_entities=tuple(options.pii_entities),
+        pii_placeholders=dict(sorted(options.pii_placeholders.items())),
+        near_duplicate_threshold=options.near_duplicate_threshold
+        if options.HasField("near_duplicate_threshold")
+        else 0.85,
+        n_epochs=options.n_epochs if options.HasField("n_epochs") else None,
+        price_per_1k_tokens=options.price_per_1k_tokens if options.HasField("price_per_1k_tokens") else 0.008,
+        review_sample_size=options.review_sample_size if options.HasField("review_sample_size") else 50,
+    )
+
+
+def _options_message(config: PrepareConfig) -> dataprep_pb2.PrepareOptions:
+    message = dataprep_pb2.PrepareOptions(
+        format=config.format or "",
+        validation_fraction=config.validation_fraction,
+        seed=config.seed,
+        drop_invalid=config.drop_invalid,
+        anonymize_pii=config.anonymize_pii,
+        pii_entities=list(config.pii_entities),
+        pii_placeholders=config.pii_placeholders,
+        near_duplicate_threshold=config.near_duplicate_threshold,
+        base_model=config.base_model,
+        price_per_1k_tokens=config.price_per_1k_tokens,
+        review_sample_size=config.review_sample_size,
+    )
+    if config.n_epochs is not None:
+        message.n_epochs = config.n_epochs
+    return message
+
+
+def _dataset_message(record: store.DatasetRecord) -> dataprep_pb2.Dataset:
+    return dataprep_pb2.Dataset(
+        id=record.id,
+        status=record.status,
+        file_id=record.file_id,
+        created_at=record.created_at,
+        format=record.format,
+        train_examples=record.train_examples,
+        validation_examples=record.validation_examples,
+        train_sha256=record.train_sha256 or "",
+        validation_sha256=record.validation_sha256 or "",
+        error=record.error,
+        lines_processed=record.lines_processed,
+        options=_options_message(PrepareConfig.from_json(record.options)),
+        finished_at=record.finished_at or 0,
+    )
+
+
+def dataset_id_for(tenant: str, file_sha256: str, config: PrepareConfig) -> str:
+    """Datasets are content-addressed: the same bytes prepared the same way are the same dataset."""
+    key = f"{tenant}\n{file_sha256}\n{config.to_json()}\n{PIPELINE_VERSION}"
+    return "ds-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
 class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
-    def __init__(self, runtime: Runtime, artifacts: ArtifactStore):
+    def __init__(self, runtime: Runtime, artifacts: ArtifactStore, worker: DatasetWorker):
         self._db = runtime.db
         self._settings: DataprepSettings = runtime.settings  # type: ignore[assignment]
         self._artifacts = artifacts
+        self._worker = worker
 
     async def UploadFile(self, request_iterator, context):
         header = None
@@ -45,7 +122,9 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
                     header = request.header
                     validate_upload(header.filename, header.purpose)
                 elif header is None:
-                    raise InvalidArgument("the first message of an upload must carry the header", param="header")
+                    raise InvalidArgument(
+                        "the first message of an upload must carry the header", param="header"
+                    )
                 if request.data:
                     if writer.size + len(request.data) > self._settings.max_file_bytes:
                         raise InvalidArgument(
@@ -81,7 +160,9 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
         if request.limit < 0 or request.limit > 10_000:
             raise InvalidArgument("limit must be between 1 and 10000", param="limit")
         async with self._db.transaction() as session:
-            records = await store.list_files(session, tenant_of(context), request.purpose, request.limit or 10_000)
+            records = await store.list_files(
+                session, tenant_of(context), request.purpose, request.limit or 10_000
+            )
         return dataprep_pb2.ListFilesResponse(files=[_file_message(r) for r in records])
 
     async def GetFileContent(self, request, context):
@@ -99,15 +180,170 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
             await asyncio.to_thread(self._artifacts.delete, record.sha256)
         return dataprep_pb2.DeleteFileResponse(file_id=record.id, deleted=True)
 
+    async def PrepareDataset(self, request, context):
+        tenant = tenant_of(context)
+        config = _config(request.options, self._settings.default_base_model)
+        async with self._db.transaction() as session:
+            source = await store.get_file(session, tenant, check_file_id(request.file_id))
+            stored, created = await self._queue_dataset(session, source, config)
+        self._worker.wake()
+        return dataprep_pb2.PrepareDatasetResponse(dataset=_dataset_message(stored), created=created)
+
+    async def _queue_dataset(self, session, source: store.FileRecord, config: PrepareConfig):
+        record = store.DatasetRecord(
+            id=dataset_id_for(source.tenant, source.sha256, config),
+            tenant=source.tenant,
+            file_id=source.id,
+            file_sha256=source.sha256,
+            status=store.PROCESSING,
+            format=config.format or "",
+            options=config.to_json(),
+            created_at=store.now(),
+            finished_at=None,
+            lines_processed=0,
+            train_sha256=None,
+            validation_sha256=None,
+            review_sha256=None,
+            train_examples=0,
+            validation_examples=0,
+            error="",
+            report=None,
+        )
+        stored, created = await store.add_dataset_if_new(session, record)
+        if stored.status == store.FAILED:
+            # Asking again for a failed dataset tries again (a fixed model store, a transient error).
+            stored = await store.restart_dataset(session, stored)
+        return stored, created
+
+    async def GenerateSynthetic(self, request, context):
+        tenant = tenant_of(context)
+        config = _config(request.options, self._settings.default_base_model)
+        teacher = TeacherConfig(
+            base_url=request.teacher_base_url,
+            api_key=request.teacher_api_key,
+            model=request.teacher_model,
+            temperature=request.temperature or 0.8,
+            instructions=request.instructions,
+        )
+        async with self._db.transaction() as session:
+            seed_file = await store.get_file(session, tenant, check_file_id(request.seed_file_id))
+        seeds = await asyncio.to_thread(self._read_seeds, seed_file.sha256)
+        generated, _refused = await asyncio.to_thread(
+            generate_examples, seeds, request.count, teacher, seed=config.seed
+        )
+        if not generated:
+            raise FailedPrecondition(
+                "the teacher produced no valid examples", param="teacher_model", code="no_synthetic_examples"
+            )
+        content = "".join(example.to_json() + "\n" for example in generated).encode()
+        artifact = await asyncio.to_thread(self._artifacts.put_bytes, content)
+        record = store.FileRecord(
+            id=store.new_file_id(),
+            tenant=tenant,
+            filename=f"synthetic-{seed_file.filename}"[:255],
+            purpose="fine-tune",
+            bytes=artifact.size,
+            sha256=artifact.sha256,
+            created_at=store.now(),
+        )
+        async with self._db.transaction() as session:
+            await store.add_file(session, record)
+            dataset, _created = await self._queue_dataset(session, record, config)
+        self._worker.wake()
+        return dataprep_pb2.GenerateSyntheticResponse(
+            file=_file_message(record), dataset=_dataset_message(dataset), generated=len(generated)
+        )
+
+    def _read_seeds(self, sha256: str) -> list:
+        seeds = []
+        for item in iter_validated(self._artifacts.iter_chunks(sha256), None):
+            if not isinstance(item, list) and item.kind == "chat":
+                seeds.append(item)
+            if len(seeds) >= MAX_SEEDS:
+                break
+        return seeds
+
+    async def GetDataset(self, request, context):
+        async with self._db.transaction() as session:
+            record = await store.get_dataset(session, tenant_of(context), request.dataset_id)
+        return dataprep_pb2.GetDatasetResponse(dataset=_dataset_message(record))
+
+    async def ListDatasets(self, request, context):
+        if request.limit < 0 or request.limit > 10_000:
+            raise InvalidArgument("limit must be between 1 and 10000", param="limit")
+        async with self._db.transaction() as session:
+            records = await store.list_datasets(session, tenant_of(context), request.limit or 100)
+        return dataprep_pb2.ListDatasetsResponse(datasets=[_dataset_message(r) for r in records])
+
+    async def GetReport(self, request, context):
+        async with self._db.transaction() as session:
+            record = await store.get_dataset(session, tenant_of(context), request.dataset_id)
+        if record.report is None:
+            raise FailedPrecondition(
+                f"dataset {record.id} is still {record.status}: its report is not written yet",
+                param="dataset_id",
+                code="dataset_not_ready",
+            )
+        response = dataprep_pb2.GetReportResponse(dataset_id=record.id)
+        json_format.Parse(record.report, response.report)
+        return response
+
+    async def ExportReviewSample(self, request, context):
+        record = await self._ready_dataset(context, request.dataset_id)
+        if request.format not in ("", "jsonl", "csv"):
+            raise InvalidArgument(f"format {request.format!r}: use jsonl or csv", param="format")
+        if request.size < 0:
+            raise InvalidArgument("size must not be negative", param="size")
+        examples = await asyncio.to_thread(
+            read_review_sample, self._artifacts, record.review_sha256, request.size or None
+        )
+        if request.format == "csv":
+            text = io.StringIO()
+            write_review_csv(examples, text)
+            payload = text.getvalue().encode()
+        else:
+            payload = "".join(example.to_json() + "\n" for example in examples).encode()
+        for start in range(0, len(payload), self._settings.chunk_bytes):
+            yield dataprep_pb2.ExportReviewSampleResponse(
+                data=payload[start : start + self._settings.chunk_bytes]
+            )
+
+    async def GetDatasetContent(self, request, context):
+        record = await self._ready_dataset(context, request.dataset_id)
+        splits = {"train": record.train_sha256, "validation": record.validation_sha256}
+        if request.split not in splits:
+            raise InvalidArgument(f"split {request.split!r}: use train or validation", param="split")
+        chunks = self._artifacts.iter_chunks(splits[request.split], chunk_size=self._settings.chunk_bytes)
+        while chunk := await asyncio.to_thread(next, chunks, b""):
+            yield dataprep_pb2.GetDatasetContentResponse(data=chunk)
+
+    async def _ready_dataset(self, context, dataset_id: str) -> store.DatasetRecord:
+        async with self._db.transaction() as session:
+            record = await store.get_dataset(session, tenant_of(context), dataset_id)
+        if record.status != store.READY:
+            raise FailedPrecondition(
+                f"dataset {record.id} is {record.status}, not ready",
+                param="dataset_id",
+                code="dataset_not_ready",
+            )
+        return record
+
 
 async def build(runtime: Runtime) -> ServiceParts:
     artifacts = ArtifactStore(runtime.settings.artifacts_path)
+    worker = DatasetWorker(runtime, artifacts, PipelineResources(runtime.settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name="dataset-worker")
 
     def register(server: grpc.aio.Server) -> list[str]:
-        dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts), server)
+        dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker), server)
         return [dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name]
 
-    return ServiceParts(register=register)
+    async def close() -> None:
+        stop.set()
+        await task
+
+    return ServiceParts(register=register, on_close=close)
 
 
 DEFINITION = ServiceDefinition(

@@ -1,0 +1,526 @@
+"""The recognisers `pii.py` adds to (or puts in place of) Presidio's own.
+
+* `OfflineEmailRecognizer`: Presidio's e-mail recogniser validates the domain with the module-level
+  `tldextract.extract`, whose extractor downloads the public suffix list on first use. Ours
+  validates with an extractor that has no URLs to fetch and no disk cache, so it reads only the
+  snapshot bundled with tldextract: no network, no files written.
+* `ValidPhoneRecognizer` / `FormattedPhoneRecognizer`: python-phonenumbers only accepts numbers
+  that could be dialled (fictional 555 numbers fail), so a regex adds numbers that are written
+  like phone numbers; weak shapes need a context word ("call", "tel", ...).
+* `DATE_PATTERNS`: dates with month names ("March 5th, 2024", "the 3rd of April") and numeric
+  dates, replacing Presidio's list, whose `d.m.yy` pattern also matches version numbers (4.2.17).
+* `CuePersonRecognizer` and `NameListRecognizer`: names after titles and cue words, and names
+  starting with a known name token (data/person_names.txt), for what the small spaCy model misses.
+* `IdCueRecognizer`: passport / driving licence / account numbers named as such in the text.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import tldextract
+from presidio_analyzer import (
+    AnalysisExplanation,
+    EntityRecognizer,
+    LocalRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerResult,
+)
+from presidio_analyzer.predefined_recognizers import (
+    EmailRecognizer,
+    NhsRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+)
+
+NAMES_FILE = Path(__file__).parent / "data" / "person_names.txt"
+CASE_SENSITIVE = re.DOTALL | re.MULTILINE
+
+# suffix_list_urls=() -> never fetch; cache_dir=None -> no disk cache; fallback_to_snapshot -> the
+# public suffix list bundled in the tldextract wheel.
+OFFLINE_TLD_EXTRACTOR = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+
+class OfflineEmailRecognizer(EmailRecognizer):
+    def validate_result(self, pattern_text: str) -> bool:
+        return OFFLINE_TLD_EXTRACTOR(pattern_text).fqdn != ""
+
+
+PHONE_CONTEXT = [
+    "phone",
+    "tel",
+    "call",
+    "mobile",
+    "cell",
+    "fax",
+    "whatsapp",
+    "text",
+    "sms",
+    "contact",
+    "reach",
+    "dial",
+    "ring",
+    "ext",
+]
+
+
+class ValidPhoneRecognizer(PhoneRecognizer):
+    """Numbers python-phonenumbers finds valid for some region: strong enough on their own."""
+
+    SCORE = 0.6
+    # Numbers written with +country code match in any region; these decide how national numbers are
+    # read. More regions find more 9-10 digit IDs (SSNs, passport numbers) "valid" somewhere.
+    REGIONS = PhoneRecognizer.DEFAULT_SUPPORTED_REGIONS + ("AU", "IE")
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            context=PHONE_CONTEXT,
+            supported_language=supported_language,
+            supported_regions=self.REGIONS,
+            leniency=1,
+        )
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        return [
+            r
+            for r in super().analyze(text, entities, nlp_artifacts)
+            if not is_numeric_date(text[r.start : r.end])
+        ]
+
+
+class FormattedPhoneRecognizer(PatternRecognizer):
+    """Numbers written the way phone numbers are written, whether or not the number exists."""
+
+    PATTERNS = [
+        # (555) 123-4567, 555.123.4567, 555-867-5309, +1 555 123 4567
+        Pattern(
+            "NANP",
+            r"(?<![\w+.-])(?:\+?1[\s.-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.-])\d{3}[\s.-]\d{4}(?![\w-]|\.\d)",
+            0.5,
+        ),
+        # +CC then 2-6 groups of digits
+        Pattern("International", r"(?<![\w+])\+\d{1,3}(?:[\s.-]?\(?\d{1,5}\)?){2,6}(?![\w-])", 0.5),
+        # 07700 900123, 020 7946 0958: national trunk prefix; needs a context word
+        Pattern("National", r"(?<![\w+.-])0\d{2,4}[\s-]\d{3,6}(?:[\s-]\d{3,4})?(?![\w-]|\.\d)", 0.3),
+    ]
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            "PHONE_NUMBER",
+            name="FormattedPhoneRecognizer",
+            patterns=self.PATTERNS,
+            context=PHONE_CONTEXT,
+            supported_language=supported_language,
+            global_regex_flags=CASE_SENSITIVE,
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        digits = sum(ch.isdigit() for ch in pattern_text)
+        return None if 7 <= digits <= 15 and not is_numeric_date(pattern_text) else False
+
+
+class ContextNhsRecognizer(NhsRecognizer):
+    """NHS numbers look like US phone numbers (3-3-4 digits) and one in eleven passes the checksum by
+    chance, so a valid checksum keeps the pattern's score (0.5) instead of 1.0: "NHS" nearby decides."""
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        return None if super().validate_result(pattern_text) else False
+
+
+# Bare domains only with TLDs that are not also common file extensions (setup.py, deploy.sh, README.md).
+_COMMON_TLDS = (
+    "com|org|net|edu|gov|mil|int|io|co|info|biz|app|dev|me|tv|cloud|online|site|tech|legal|health|"
+    "uk|de|fr|es|it|nl|be|ch|at|se|no|dk|fi|ie|pt|pl|cz|ru|ua|jp|cn|kr|in|au|nz|ca|us|br|mx|ar|za|ng|ke|eu"
+)
+_URL_END = r"[^\s<>\"'()\[\]{}]*[^\s<>\"'()\[\]{}.,;:!?]"
+URL_PATTERNS = [
+    Pattern("Scheme URL", rf"\b(?:https?|ftp)://{_URL_END}", 0.6),
+    Pattern("www URL", rf"\bwww\d{{0,3}}\.[a-z0-9-]+(?:\.[a-z0-9-]+)+(?:/{_URL_END})?", 0.6),
+    Pattern(
+        "Domain URL",
+        rf"(?<![\w.@/-])(?:[a-z0-9-]+\.)+(?:{_COMMON_TLDS})(?![\w-]|\.\w)(?:/{_URL_END}|/)?",
+        0.5,
+    ),
+]
+
+
+def url_recognizer(supported_language: str = "en") -> PatternRecognizer:
+    return PatternRecognizer(
+        "URL",
+        name="UrlRecognizer",
+        patterns=URL_PATTERNS,
+        context=["url", "website", "link", "site"],
+        supported_language=supported_language,
+    )
+
+
+_MONTH = (
+    r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|"
+    r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?"
+)
+_DAY = r"(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?"
+_YEAR = r"(?:1[89]\d\d|20\d\d)"
+_WEEKDAY = r"(?:(?:Mon|Tue|Tues|Wed|Thu|Thur|Thurs|Fri|Sat|Sun)(?:day|nesday|sday|urday)?\.?,?\s+)?"
+_TIME = r"(?:[ T](?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-][0-2]\d:?[0-5]\d)?)?"
+_NUM_DAY = r"(?:0?[1-9]|[12]\d|3[01])"
+_NUM_MONTH = r"(?:0?[1-9]|1[0-2])"
+
+DATE_PATTERNS = [
+    Pattern("Month day[, year]", rf"\b{_WEEKDAY}{_MONTH}\s+{_DAY}\b(?:,?\s+{_YEAR}\b)?", 0.6),
+    Pattern(
+        "[the] day [of] month[, year]",
+        rf"\b{_WEEKDAY}(?:the\s+)?{_DAY}(?:\s+of)?\s+{_MONTH}(?:,?\s+{_YEAR}\b)?(?![\w])",
+        0.6,
+    ),
+    Pattern("Month year", rf"\b{_MONTH}\s+{_YEAR}\b", 0.6),
+    Pattern("yyyy-mm-dd[ time]", rf"\b{_YEAR}([-/.]){_NUM_MONTH}\1{_NUM_DAY}{_TIME}(?![\w:])", 0.6),
+    Pattern("d/m/y or m/d/y", rf"\b{_NUM_DAY}([/-]){_NUM_DAY}\1(?:{_YEAR}|\d\d)\b(?![/-]\d)", 0.6),
+    Pattern("d.m.yyyy", rf"\b{_NUM_DAY}\.{_NUM_MONTH}\.{_YEAR}\b(?!\.\d)", 0.6),
+    # Two-digit years with dots look like version numbers: only with two-digit day and month.
+    Pattern("dd.mm.yy", r"\b(?:0[1-9]|[12]\d|3[01])\.(?:0[1-9]|1[0-2])\.\d\d\b(?!\.\d)", 0.5),
+    Pattern(
+        "dd-MON-yyyy",
+        rf"\b{_NUM_DAY}-(?:JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|{_MONTH})-(?:{_YEAR}|\d\d)\b",
+        0.6,
+    ),
+]
+
+
+def date_recognizer(supported_language: str = "en") -> PatternRecognizer:
+    return PatternRecognizer(
+        "DATE_TIME",
+        name="DateRecognizer",
+        patterns=DATE_PATTERNS,
+        context=["date", "born", "birth", "dob"],
+        supported_language=supported_language,
+        global_regex_flags=CASE_SENSITIVE,
+    )
+
+
+_NUMERIC_DATE = re.compile(
+    rf"\b(?:{_YEAR}[-/.]{_NUM_MONTH}[-/.]{_NUM_DAY}|{_NUM_DAY}[-/.]{_NUM_DAY}[-/.](?:{_YEAR}|\d\d))\b"
+)
+_MONTH_NAME = re.compile(rf"\b{_MONTH}(?![^\W\d_])")
+
+
+def is_numeric_date(text: str) -> bool:
+    return bool(_NUMERIC_DATE.fullmatch(text.strip()))
+
+
+def looks_like_date(text: str) -> bool:
+    """What NER calls a date is kept only when it names a calendar day or month of a year, not
+    "10 minutes", "2027", "March" or "every Tuesday"."""
+    return bool(_NUMERIC_DATE.search(text) or (_MONTH_NAME.search(text) and re.search(r"\d", text)))
+
+
+# ---------------------------------------------------------------------------------------- persons
+
+
+@lru_cache(maxsize=1)
+def load_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(names, ambiguous names: also English words, which need a second name token after them)."""
+    names, ambiguous = set(), set()
+    for line in NAMES_FILE.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.endswith("?"):
+            ambiguous.add(line[:-1])
+        elif line:
+            names.add(line)
+    return frozenset(names), frozenset(ambiguous)
+
+
+# Capitalised words that are not names, so a name never runs into them.
+_NOT_NAMES_TEXT = """
+Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July
+August September October November December The A An This That These Those It I We You He She They My
+Our Your His Her Their Its If In On At For From To Of And Or But By With As Is Are Was Were Be Not No
+Yes Ok OK Us Please Note Subject Re Fwd Date Name Phone Email Address Tel Fax Mobile Customer Customers
+Client Clients Service Services Support Team Portal Department Dept Office Hospital Clinic Centre Center
+University College School Street St Road Rd Avenue Ave Lane Way Drive Boulevard Square Station Airport
+Bank Inc Ltd LLC GmbH Corp Company Group Foundation Institute Ministry Council City County State
+Republic Kingdom North South East West New Old Great General Head Chief Account Accounts Billing Sales
+Marketing Finance Legal Admin Administrator User Users Member Members Everyone All There Folks Sir Madam
+Dear Hi Hello Hey Thanks Thank Regards Best Sincerely Cheers Manager Director Officer Agent Nurse Doctor
+Patient Ward Room Bed Floor Building Unit Suite Apartment Project Product Premium Pro Plus Free Basic
+Standard Enterprise Model Version Release Update App Service Desk Help Guest Valued Reviewer Owner
+Today Tomorrow Yesterday Morning Afternoon Evening Night Court Judge Justice Honour Honor Ref Order
+Invoice Ticket Case Team Summary Passport Licence License Driver Card Visa Mastercard Amex
+Mr Mrs Ms Miss Mx Dr Prof Dame Mme Mlle Herr Frau Rev Pt
+"""
+_PARTICLES_TEXT = "van von der den de del della di da dos das du le la bin binti ibn al el ben ter ten"
+NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
+PARTICLES = frozenset(_PARTICLES_TEXT.split())
+WORD = re.compile(r"[^\W\d_]+(?:['’\-][^\W\d_]+)*")
+
+
+def _name_like(word: str) -> bool:
+    return word[0].isupper() and not (len(word) > 1 and word.isupper()) and word not in NOT_NAMES
+
+
+def _words(text: str) -> list[re.Match]:
+    return list(WORD.finditer(text))
+
+
+def _name_run(text: str, words: list[re.Match], i: int, max_tokens: int = 4) -> int:
+    """Index past the last word of the name that starts at words[i] (words[i] must be name-like)."""
+    j = i + 1
+    while j < len(words) and j - i < max_tokens:
+        gap = text[words[j - 1].end() : words[j].start()]
+        if gap not in (" ", "  ", "\t"):
+            break
+        word = words[j].group()
+        if _name_like(word):
+            j += 1
+        elif (
+            word in PARTICLES
+            and j + 1 < len(words)
+            and _name_like(words[j + 1].group())
+            and text[words[j].end() : words[j + 1].start()] == " "
+        ):
+            j += 2
+        else:
+            break
+    return j
+
+
+def _sentence_start(text: str, start: int) -> bool:
+    before = text[:start].rstrip(" \t\"'(")
+    return not before or before[-1] in ".!?\n:;"
+
+
+class NameListRecognizer(LocalRecognizer):
+    """A known name token plus the capitalised name tokens after it."""
+
+    CONTEXT = [
+        "name",
+        "patient",
+        "customer",
+        "client",
+        "contact",
+        "dear",
+        "hi",
+        "hello",
+        "thank",
+        "signed",
+        "regard",
+        "ask",
+        "ping",
+        "tell",
+        "mr",
+        "ms",
+        "mrs",
+        "dr",
+        "from",
+        "by",
+        "with",
+    ]
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entities=["PERSON"],
+            supported_language=supported_language,
+            name="NameListRecognizer",
+            context=self.CONTEXT,
+        )
+
+    def load(self) -> None:
+        self.names, self.ambiguous = load_names()
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        words = _words(text)
+        results, i = [], 0
+        while i < len(words):
+            word = words[i].group()
+            first = word.split("-")[0] if "-" in word and word not in self.names else word
+            if first not in self.names and word not in self.ambiguous:
+                i += 1
+                continue
+            end = _name_run(text, words, i)
+            if end - i >= 2:
+                score = 0.85
+            elif word in self.ambiguous:
+                i += 1
+                continue
+            else:
+                next_lower = i + 1 < len(words) and words[i + 1].group()[0].islower()
+                score = 0.4 if _sentence_start(text, words[i].start()) and next_lower else 0.6
+            results.append(_result(self, words[i].start(), words[end - 1].end(), score))
+            i = end
+        return results
+
+
+TITLES = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Dame|Mme|Mlle|Herr|Frau|Rev)(?![^\W\d_])\.?"
+ROLES = (
+    r"(?:[Pp]atient|[Pp]t\.|[Cc]ustomer|[Cc]lient|[Cc]aller|[Aa]gent|[Nn]urse|[Dd]octor|[Dd]river|[Tt]enant|"
+    r"[Ll]andlord|[Pp]laintiff|[Dd]efendant|[Ww]itness|[Aa]pplicant|[Ee]mployee|[Gg]uardian|[Hh]older|"
+    r"[Cc]ounsel|[Aa]ttorney|[Oo]fficer|[Jj]udge|[Ww]ife|[Hh]usband|[Ss]on|[Dd]aughter|[Mm]other|[Ff]ather|"
+    r"[Bb]rother|[Ss]ister|[Cc]olleague|[Mm]anager|[Aa]uthor|[Mm]aintainer|[Kk]in|[Cc]ontact(?: person)?|"
+    r"[Cc]andidate|[Dd]eceased)(?![^\W\d_])"
+)
+PHRASES = (
+    r"(?:[Mm]y name is|[Nn]ame is|[Ss]igned(?: by)?|[Ss]incerely|[Rr]egards|[Bb]est wishes|[Dd]ear|"
+    r"(?:[Pp]repared|[Rr]eviewed|[Aa]pproved|[Ss]ubmitted|[Ww]ritten|[Rr]eported|[Rr]eferred|[Ee]xecuted|"
+    r"[Gg]iven|[Ss]ent|[Ii]ssued|[Rr]epresented) by|[Aa]ssigned to|[Ss]poke (?:with|to)|[Tt]alked to|"
+    r"[Mm]et with|[Mm]eeting with|[Aa]ppointment with|[Ii]nterview with|[Mm]arried to|"
+    r"(?:[Ff]rom|[Tt]o|[Cc][Cc]|[Bb]cc|[Aa]ttn|[Nn]ame)\s*:)(?![^\W\d_])"
+)
+CUE = re.compile(
+    rf"(?:(?<![\w.])(?P<title>{TITLES})|\b(?P<role>{ROLES})|\b(?P<phrase>{PHRASES}))"
+    r"(?:,|:|\s*[:,-])?[ \t]*\n?[ \t]*(?=[^\W\d_])"
+)
+LIST_JOIN = re.compile(r"\s*(?:,|&|\band\b|;)\s*")
+EMAIL_AFTER = re.compile(r"\s*[<(][^\s<>()@]+@")
+
+
+class CuePersonRecognizer(LocalRecognizer):
+    """Capitalised names after a title (Mr, Dr...), a role (patient, customer...) or a phrase (my name is,
+    Dear, signed by...), names in lists after such a name, and names written before an e-mail address."""
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entities=["PERSON"], supported_language=supported_language, name="CuePersonRecognizer"
+        )
+
+    def load(self) -> None:
+        self.names, self.ambiguous = load_names()
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        words = _words(text)
+        by_start = {m.start(): k for k, m in enumerate(words)}
+        results = []
+        for cue in CUE.finditer(text):
+            i = by_start.get(cue.end())
+            if i is None or not _name_like(words[i].group()):
+                continue
+            end = _name_run(text, words, i)
+            known = words[i].group() in self.names
+            if cue.group("title"):
+                score = 0.85
+            elif end - i >= 2:
+                score = 0.7
+            elif known or cue.group("phrase") in ("Dear", "dear"):
+                score = 0.6
+            else:
+                continue
+            results.append(_result(self, words[i].start(), words[end - 1].end(), score))
+            results += self._listed_after(text, words, by_start, end)
+        for i, word in enumerate(words):  # Name Surname <email> / (email)
+            if _name_like(word.group()):
+                end = _name_run(text, words, i)
+                if end - i >= 2 and EMAIL_AFTER.match(text, words[end - 1].end()):
+                    results.append(_result(self, word.start(), words[end - 1].end(), 0.7))
+        return EntityRecognizer.remove_duplicates(results)
+
+    def _listed_after(self, text, words, by_start, end):
+        results = []
+        while end < len(words):
+            join = LIST_JOIN.match(text, words[end - 1].end())
+            i = by_start.get(join.end()) if join else None
+            if i is None or not _name_like(words[i].group()):
+                break
+            new_end = _name_run(text, words, i)
+            if new_end - i < 2:
+                break
+            results.append(_result(self, words[i].start(), words[new_end - 1].end(), 0.65))
+            end = new_end
+        return results
+
+
+def _result(recognizer: EntityRecognizer, start: int, end: int, score: float) -> RecognizerResult:
+    return RecognizerResult(
+        entity_type=recognizer.supported_entities[0],
+        start=start,
+        end=end,
+        score=score,
+        analysis_explanation=AnalysisExplanation(recognizer=recognizer.name, original_score=score),
+        recognition_metadata={
+            RecognizerResult.RECOGNIZER_NAME_KEY: recognizer.name,
+            RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: recognizer.id,
+        },
+    )
+
+
+class FilteredSpacyRecognizer(SpacyRecognizer):
+    """spaCy's entities, less what the small model gets wrong most: durations and bare years as
+    DATE_TIME, URLs / e-mails / numbers as PERSON or LOCATION, single capitalised words (Settings,
+    Java) as PERSON unless they are known names. A LOCATION that starts with a known given name is
+    relabelled PERSON (the small model often calls unfamiliar names places)."""
+
+    def load(self) -> None:
+        self.names, self.ambiguous = load_names()
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        kept = []
+        for result in super().analyze(text, entities, nlp_artifacts):
+            span = text[result.start : result.end]
+            words = WORD.findall(span)
+            if result.entity_type == "DATE_TIME":
+                if not looks_like_date(span):
+                    continue
+            elif "@" in span or "://" in span or not words:
+                continue
+            elif result.entity_type == "PERSON":
+                if any(c.isdigit() for c in span) or not all(_name_like(w) or w in PARTICLES for w in words):
+                    continue
+                if len(words) == 1 and words[0] not in self.names:
+                    result.score = min(result.score, 0.4)
+            elif result.entity_type == "LOCATION" and re.search(r"\s.*\d", span):
+                continue  # "Windows 11"; an address starts with its number ("10 Downing Street")
+            elif result.entity_type == "LOCATION" and words[0] in self.names:
+                if "PERSON" not in entities:
+                    continue
+                result.entity_type = "PERSON"
+            kept.append(result)
+        return kept
+
+
+# -------------------------------------------------------------------------------------- ID numbers
+
+_NO = r"(?:\s+(?:no\.?|number|num\.?|#))?\s*[:#]?\s*"
+ID_CUES = [
+    ("US_PASSPORT", re.compile(rf"\bpassport{_NO}(?P<id>[A-Z0-9]{{6,12}})\b", re.IGNORECASE)),
+    (
+        "US_DRIVER_LICENSE",
+        re.compile(
+            rf"\b(?:driver'?s?\s+licen[cs]e|driving\s+licen[cs]e|DL){_NO}(?P<id>[A-Z0-9][A-Z0-9-]{{4,20}}[A-Z0-9])\b",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "US_BANK_NUMBER",
+        re.compile(
+            r"\b(?:bank\s+)?(?:account|acct)(?:\s+(?:no\.?|number|#))\s*[:#]?\s*(?P<id>\d[\d -]{5,20}\d)\b",
+            re.IGNORECASE,
+        ),
+    ),
+]
+
+
+class IdCueRecognizer(LocalRecognizer):
+    """An ID number right after the name of the document it comes from ("passport no. A2345678")."""
+
+    def __init__(self, supported_language: str = "en"):
+        super().__init__(
+            supported_entities=[entity for entity, _ in ID_CUES],
+            supported_language=supported_language,
+            name="IdCueRecognizer",
+        )
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        results = []
+        for entity, pattern in ID_CUES:
+            if entity not in entities:
+                continue
+            for match in pattern.finditer(text):
+                value = match.group("id")
+                if sum(c.isdigit() for c in value) >= 4:
+                    result = _result(self, match.start("id"), match.end("id"), 0.7)
+                    result.entity_type = entity
+                    results.append(result)
+        return results

@@ -1,0 +1,400 @@
+"""The preparation pipeline: raw file bytes in, a clean, anonymised, split dataset and its report out.
+
+Two streaming passes keep memory flat whatever the file size. Pass 1 reads line by line:
+validate -> normalise -> anonymise PII -> drop exact duplicates -> drop near-duplicates (MinHash
+LSH, in batches) -> spool the survivors to a work file, keeping only a label per example in
+memory. Pass 2 reads the spool once: the seeded, stratified split decides each example's side, and
+train, validation and the review sample are written to the artifact store. Near-duplicates are
+removed across the whole file before the split, so no validation example has a near-copy in train.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.dataprep.dedup import ConflictDetector, ExactDeduplicator, NearDuplicateIndex
+from services.dataprep.examples import Example, LineError, example_from_record
+from services.dataprep.formats import detect_format
+from services.dataprep.normalize import normalize_example
+from services.dataprep.options import PrepareConfig
+from services.dataprep.report import (
+    DuplicateSummary,
+    Report,
+    SplitSummary,
+    StepCounts,
+    TokenTotals,
+    cost_estimate,
+    label_balance,
+    readiness_advice,
+    sample_indices,
+)
+from services.dataprep.split import choose_validation, infer_labels
+from services.dataprep.validation import TokenCounter, iter_validated, summarize_errors
+from services.shared.artifacts import Artifact, ArtifactStore
+from services.shared.errors import InvalidArgument, TuneloopError
+from services.shared.models import ModelStore
+from services.shared.settings import Settings
+
+# Part of every dataset id: bump it when the same input would now be prepared differently.
+PIPELINE_VERSION = "1"
+NEAR_DUPLICATE_BATCH = 512
+TOKEN_BATCH = 256
+PROGRESS_EVERY_LINES = 1000
+MAX_LISTED = 100  # errors, duplicates and conflicts listed in the report (the totals are exact)
+PII_SAMPLES = 5
+LABEL_MAX_WORDS = 4
+LABEL_MAX_CLASSES = 20
+
+
+class DatasetRejected(InvalidArgument):
+    """The file cannot become a dataset; the report says every reason a person must fix."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message, param="file_id", code="invalid_training_file")
+        self.report = report
+
+
+class Interrupted(TuneloopError):
+    """The service is stopping; the dataset stays queued and is prepared again after the restart."""
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    format: str
+    train: Artifact
+    validation: Artifact
+    review: Artifact
+    train_examples: int
+    validation_examples: int
+    report: dict
+
+
+class PipelineResources:
+    """Tokenizers and PII engines, built once per process and shared by every dataset (they are slow to build)."""
+
+    def __init__(self, settings: Settings):
+        self._models = ModelStore(settings)
+        self._lock = threading.Lock()
+        self._counters: dict[str, TokenCounter] = {}
+        self._anonymizers: dict[tuple, object] = {}
+
+    def token_counter(self, base_model: str) -> TokenCounter:
+        with self._lock:
+            if base_model not in self._counters:
+                from transformers import AutoConfig, AutoTokenizer
+
+                path = self._models.ensure(base_model)
+                tokenizer = AutoTokenizer.from_pretrained(
+                    path, local_files_only=True, trust_remote_code=False
+                )
+                config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+                self._counters[base_model] = TokenCounter(tokenizer, config.max_position_embeddings)
+            return self._counters[base_model]
+
+    def anonymizer(self, entities: tuple[str, ...], placeholders: dict[str, str]):
+        from services.dataprep.pii import PiiAnonymizer  # heavy: Presidio and spaCy
+
+        key = (entities, tuple(sorted(placeholders.items())))
+        with self._lock:
+            if key not in self._anonymizers:
+                self._anonymizers[key] = PiiAnonymizer(entities or None, placeholders or None)
+            return self._anonymizers[key]
+
+
+def _error_dict(error: LineError) -> dict:
+    return {"line": error.line, "field": error.field, "code": error.code, "message": error.message}
+
+
+def _near_duplicate_text(example: Example) -> str:
+    return "\n".join(example.texts())
+
+
+class _ShortOutputs:
+    """The answers, kept only while they could still be class labels, so memory stays small."""
+
+    def __init__(self, max_words: int = LABEL_MAX_WORDS, max_classes: int = LABEL_MAX_CLASSES):
+        self.max_words = max_words
+        self.max_classes = max_classes
+        self.outputs: list[str] | None = []
+        self._distinct: set[str] = set()
+
+    def add(self, output: str) -> None:
+        if self.outputs is None:
+            return
+        self._distinct.add(output)
+        if len(output.split()) > self.max_words or len(self._distinct) > self.max_classes:
+            self.outputs = None  # free text, not labels: stop keeping them
+            self._distinct.clear()
+        else:
+            self.outputs.append(output)
+
+    def labels(self) -> list[str | None] | None:
+        if self.outputs is None:
+            return None
+        return infer_labels(self.outputs, max_classes=self.max_classes, max_words=self.max_words)
+
+
+class _FirstPass:
+    """Everything pass 1 learns, kept small: totals, capped lists and one label per kept example."""
+
+    def __init__(self, config: PrepareConfig):
+        self.config = config
+        self.lines = 0
+        self.valid = 0
+        self.errors: list[LineError] = []
+        self.invalid_lines = 0
+        self.exact_duplicates: list[dict] = []
+        self.exact_total = 0
+        self.near_duplicates: list[dict] = []
+        self.near_total = 0
+        self.pii_counts: Counter[str] = Counter()
+        self.pii_samples: list[dict] = []
+        self.kept_lines: list[int] = []
+        self.labels: list[str | None] = []
+        self.outputs = _ShortOutputs()
+        self.conflicts = ConflictDetector()
+
+
+def prepare_dataset(
+    chunks: Iterable[bytes],
+    config: PrepareConfig,
+    *,
+    resources: PipelineResources,
+    artifacts: ArtifactStore,
+    workdir: Path,
+    on_progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> PreparedDataset:
+    counter = resources.token_counter(config.base_model)
+    anonymizer = (
+        resources.anonymizer(config.pii_entities, config.pii_placeholders) if config.anonymize_pii else None
+    )
+    chunks = iter(chunks)
+    first = next(chunks, b"")
+    if not first.strip():
+        raise DatasetRejected("the file is empty", {"format": config.format or "", "lines": 0})
+    data_format = config.format or detect_format(first)
+    spool_path = workdir / "clean.jsonl"
+    state = _FirstPass(config)
+    with open(spool_path, "w", encoding="utf-8") as spool:
+        _first_pass(
+            itertools.chain([first], chunks),
+            data_format,
+            counter,
+            anonymizer,
+            state,
+            spool,
+            on_progress,
+            cancel,
+        )
+    if state.invalid_lines and not config.drop_invalid:
+        listed, total = summarize_errors(state.errors, cap=MAX_LISTED)
+        report = _rejection_report(data_format, state, listed, total)
+        raise DatasetRejected(
+            f"the file has {state.invalid_lines} invalid line(s); first: {listed[0]}. Fix them, or prepare "
+            "with drop_invalid to keep only the valid lines.",
+            report,
+        )
+    if not state.kept_lines:
+        raise DatasetRejected("the file has no usable examples", _rejection_report(data_format, state, [], 0))
+    return _second_pass(spool_path, data_format, config, counter, artifacts, state, cancel)
+
+
+def _first_pass(
+    chunks, data_format, counter, anonymizer, state: _FirstPass, spool, on_progress, cancel
+) -> None:
+    exact = ExactDeduplicator()
+    near = NearDuplicateIndex(threshold=state.config.near_duplicate_threshold)
+    batch: list[Example] = []
+    conflicts = state.conflicts
+
+    def flush() -> None:
+        matches = near.add_or_match_many([(example.line, _near_duplicate_text(example)) for example in batch])
+        for example, match in zip(batch, matches, strict=True):
+            if match is not None:
+                state.near_total += 1
+                if len(state.near_duplicates) < MAX_LISTED:
+                    state.near_duplicates.append({"line": example.line, "duplicate_of": match})
+                continue
+            conflicts.add(example)
+            spool.write(
+                json.dumps({"line": example.line, "record": example.to_record()}, ensure_ascii=False) + "\n"
+            )
+            state.kept_lines.append(example.line)
+            state.labels.append(example.label)
+            state.outputs.add(example.output)
+        batch.clear()
+
+    for item in iter_validated(chunks, data_format, counter):
+        state.lines = item[0].line if isinstance(item, list) else item.line
+        if state.lines % PROGRESS_EVERY_LINES == 0:
+            if on_progress:
+                on_progress(state.lines)
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("the service is stopping")
+        if isinstance(item, list):
+            state.invalid_lines += 1
+            state.errors.extend(item)
+            continue
+        state.valid += 1
+        if state.invalid_lines and not state.config.drop_invalid:
+            continue  # the file will be rejected: keep reading only to list every error
+        example = normalize_example(item)
+        if anonymizer is not None:
+            anonymized, found = anonymizer.anonymize_example(example)
+            if found:
+                state.pii_counts.update(found)
+                if len(state.pii_samples) < PII_SAMPLES:
+                    state.pii_samples.append(
+                        {"line": example.line, "before": example.texts(), "after": anonymized.texts()}
+                    )
+            example = anonymized
+        earlier = exact.first_seen(example)
+        if earlier is not None:
+            state.exact_total += 1
+            if len(state.exact_duplicates) < MAX_LISTED:
+                state.exact_duplicates.append({"line": example.line, "duplicate_of": earlier})
+            continue
+        batch.append(example)
+        if len(batch) >= NEAR_DUPLICATE_BATCH:
+            flush()
+    if batch:
+        flush()
+    if on_progress:
+        on_progress(state.lines)
+
+
+def _second_pass(
+    spool_path, data_format, config, counter, artifacts, state: _FirstPass, cancel
+) -> PreparedDataset:
+    n = len(state.kept_lines)
+    explicit = any(label is not None for label in state.labels)
+    labels = state.labels if explicit else state.outputs.labels()
+    validation = choose_validation(labels or [None] * n, config.validation_fraction, config.seed)
+    review_positions = set(sample_indices(n, config.review_sample_size, config.seed))
+    tokens = {"train": 0, "validation": 0}
+    longest = 0
+    review: list[Example] = []
+    train_writer, validation_writer, review_writer = (
+        artifacts.writer(),
+        artifacts.writer(),
+        artifacts.writer(),
+    )
+    try:
+        for position_batch in _batched(enumerate(_read_spool(spool_path)), TOKEN_BATCH):
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("the service is stopping")
+            examples = [example for _, example in position_batch]
+            counts = counter.count_many(examples)
+            for (position, example), count in zip(position_batch, counts, strict=True):
+                side = "validation" if position in validation else "train"
+                line = (example.to_json() + "\n").encode()
+                (validation_writer if side == "validation" else train_writer).write(line)
+                tokens[side] += count
+                longest = max(longest, count)
+                if position in review_positions:
+                    review.append(example)
+                    review_writer.write(
+                        (
+                            json.dumps(
+                                {"line": example.line, "record": example.to_record()}, ensure_ascii=False
+                            )
+                            + "\n"
+                        ).encode()
+                    )
+        train, validation_artifact, review_artifact = (
+            train_writer.commit(),
+            validation_writer.commit(),
+            review_writer.commit(),
+        )
+    finally:
+        for writer in (train_writer, validation_writer, review_writer):
+            writer.abort()
+    n_validation = len(validation)
+    n_train = n - n_validation
+    label_counts = label_balance(labels) if labels else None
+    duplicate_rate = (state.exact_total + state.near_total) / max(state.valid, 1)
+    report = Report(
+        format=data_format,
+        lines=state.lines,
+        steps=StepCounts()
+        .add("read", state.lines, state.valid + state.invalid_lines)
+        .add("validate", state.valid + state.invalid_lines, state.valid)
+        .add("exact_duplicates", state.valid, state.valid - state.exact_total)
+        .add("near_duplicates", state.valid - state.exact_total, n)
+        .add("split", n, n),
+        invalid=_invalid_section(state.errors[:MAX_LISTED], len(state.errors), state.invalid_lines, dropped=True),
+        duplicates=DuplicateSummary(
+            exact=state.exact_total,
+            near=state.near_total,
+            rate=duplicate_rate,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+            exact_examples=state.exact_duplicates,
+            near_examples=state.near_duplicates,
+        ),
+        conflicts=state.conflicts.conflicts()[:MAX_LISTED],
+        pii={
+            "enabled": config.anonymize_pii,
+            "replacements": dict(sorted(state.pii_counts.items())),
+            "samples": state.pii_samples,
+        },
+        split=SplitSummary(
+            train=n_train,
+            validation=n_validation,
+            validation_fraction=config.validation_fraction,
+            seed=config.seed,
+            stratified_by=("label" if explicit else "inferred label") if labels else None,
+        ),
+        label_source=("explicit" if explicit else "inferred") if labels else None,
+        label_counts=label_counts,
+        tokens=TokenTotals(tokens["train"], tokens["validation"], longest, counter.max_tokens),
+        cost=cost_estimate(tokens["train"], n_train, config.price_per_1k_tokens, config.n_epochs),
+        advice=readiness_advice(n_train, n_validation, duplicate_rate, label_counts),
+        review_sample_size=len(review),
+    ).to_dict()
+    return PreparedDataset(
+        format=data_format,
+        train=train,
+        validation=validation_artifact,
+        review=review_artifact,
+        train_examples=n_train,
+        validation_examples=n_validation,
+        report=report,
+    )
+
+
+def _invalid_section(listed: list[LineError], total_errors: int, invalid_lines: int, *, dropped: bool) -> dict:
+    return {
+        "total_lines": invalid_lines,
+        "dropped": invalid_lines if dropped else 0,
+        "errors": [_error_dict(e) for e in listed],
+        "total_errors": total_errors,
+    }
+
+
+def _rejection_report(data_format: str, state: _FirstPass, listed: list[LineError], total: int) -> dict:
+    return {
+        "format": data_format,
+        "lines": state.lines,
+        "invalid": _invalid_section(listed, total, state.invalid_lines, dropped=False),
+        "advice": [],
+    }
+
+
+def _read_spool(path: Path) -> Iterator[Example]:
+    with open(path, encoding="utf-8") as spool:
+        for raw in spool:
+            item = json.loads(raw)
+            yield example_from_record(item["record"], item["line"])
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
