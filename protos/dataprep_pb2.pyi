@@ -98,7 +98,7 @@ class DeleteFileResponse(_message.Message):
     def __init__(self, file_id: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
 
 class PrepareOptions(_message.Message):
-    __slots__ = ("format", "validation_fraction", "seed", "drop_invalid", "anonymize_pii", "pii_entities", "pii_placeholders", "near_duplicate_threshold", "base_model", "n_epochs", "price_per_1k_tokens", "review_sample_size")
+    __slots__ = ("format", "validation_fraction", "seed", "drop_invalid", "anonymize_pii", "pii_entities", "pii_placeholders", "near_duplicate_threshold", "base_model", "n_epochs", "price_per_1k_tokens", "review_sample_size", "pii_detector")
     class PiiPlaceholdersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class PrepareOptions(_message.Message):
     N_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     PRICE_PER_1K_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REVIEW_SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PII_DETECTOR_FIELD_NUMBER: _ClassVar[int]
     format: str
     validation_fraction: float
     seed: int
@@ -130,7 +131,8 @@ class PrepareOptions(_message.Message):
     n_epochs: int
     price_per_1k_tokens: float
     review_sample_size: int
-    def __init__(self, format: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., drop_invalid: _Optional[bool] = ..., anonymize_pii: _Optional[bool] = ..., pii_entities: _Optional[_Iterable[str]] = ..., pii_placeholders: _Optional[_Mapping[str, str]] = ..., near_duplicate_threshold: _Optional[float] = ..., base_model: _Optional[str] = ..., n_epochs: _Optional[int] = ..., price_per_1k_tokens: _Optional[float] = ..., review_sample_size: _Optional[int] = ...) -> None: ...
+    pii_detector: str
+    def __init__(self, format: _Optional[str] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., drop_invalid: _Optional[bool] = ..., anonymize_pii: _Optional[bool] = ..., pii_entities: _Optional[_Iterable[str]] = ..., pii_placeholders: _Optional[_Mapping[str, str]] = ..., near_duplicate_threshold: _Optional[float] = ..., base_model: _Optional[str] = ..., n_epochs: _Optional[int] = ..., price_per_1k_tokens: _Optional[float] = ..., review_sample_size: _Optional[int] = ..., pii_detector: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("id", "status", "file_id", "created_at", "format", "train_examples", "validation_examples", "train_sha256", "validation_sha256", "error", "lines_processed", "options", "finished_at")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.stack import stack  # noqa: F401
 from tests.fixtures.tiny_model import tiny_model_dir, tiny_settings  # noqa: F401
 from tuneloop.nats_server import NatsServer
 

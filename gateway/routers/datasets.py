@@ -29,6 +29,7 @@ class DatasetOptions(BaseModel):
     anonymize_pii: bool | None = None
     pii_entities: list[str] = []
     pii_placeholders: dict[str, str] = {}
+    pii_detector: Literal["ner", "regex"] | None = None
     near_duplicate_threshold: float | None = Field(default=None, gt=0, le=1)
     base_model: str | None = None
     n_epochs: int | None = Field(default=None, ge=1, le=50)

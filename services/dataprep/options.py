@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from services.shared.errors import InvalidArgument
 
 FORMATS = ("chat", "alpaca", "preference", "csv")
+PII_DETECTORS = ("ner", "regex")
 DEFAULT_PRICE_PER_1K_TOKENS = 0.008
 MAX_REVIEW_SAMPLE = 1000
 
@@ -22,6 +23,7 @@ class PrepareConfig:
     anonymize_pii: bool = True
     pii_entities: tuple[str, ...] = ()
     pii_placeholders: dict[str, str] = field(default_factory=dict)
+    pii_detector: str = "ner"
     near_duplicate_threshold: float = 0.85
     n_epochs: int | None = None
     price_per_1k_tokens: float = DEFAULT_PRICE_PER_1K_TOKENS
@@ -32,6 +34,10 @@ class PrepareConfig:
             raise InvalidArgument(
                 f"format {self.format!r} is not supported; use one of {', '.join(FORMATS)} (or leave it empty to detect)",
                 param="format",
+            )
+        if self.pii_detector not in PII_DETECTORS:
+            raise InvalidArgument(
+                f"pii_detector {self.pii_detector!r}: use one of {', '.join(PII_DETECTORS)}", param="pii_detector"
             )
         if not 0 <= self.validation_fraction < 1:
             raise InvalidArgument(
@@ -51,6 +57,13 @@ class PrepareConfig:
             raise InvalidArgument(
                 f"review_sample_size must be between 0 and {MAX_REVIEW_SAMPLE}, got {self.review_sample_size}",
                 param="review_sample_size",
+            )
+        from services.dataprep.pii import DEFAULT_ENTITIES  # Presidio is imported by the service anyway
+
+        unknown = [entity for entity in (*self.pii_entities, *self.pii_placeholders) if entity not in DEFAULT_ENTITIES]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown PII entity {unknown[0]!r}; known: {', '.join(DEFAULT_ENTITIES)}", param="pii_entities"
             )
         unknown = [key for key in self.pii_placeholders if key not in self.pii_entities and self.pii_entities]
         if unknown:

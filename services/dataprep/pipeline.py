@@ -97,13 +97,13 @@ class PipelineResources:
                 self._counters[base_model] = TokenCounter(tokenizer, config.max_position_embeddings)
             return self._counters[base_model]
 
-    def anonymizer(self, entities: tuple[str, ...], placeholders: dict[str, str]):
+    def anonymizer(self, entities: tuple[str, ...], placeholders: dict[str, str], use_ner: bool):
         from services.dataprep.pii import PiiAnonymizer  # heavy: Presidio and spaCy
 
-        key = (entities, tuple(sorted(placeholders.items())))
+        key = (entities, tuple(sorted(placeholders.items())), use_ner)
         with self._lock:
             if key not in self._anonymizers:
-                self._anonymizers[key] = PiiAnonymizer(entities or None, placeholders or None)
+                self._anonymizers[key] = PiiAnonymizer(entities or None, placeholders or None, use_ner=use_ner)
             return self._anonymizers[key]
 
 
@@ -112,7 +112,12 @@ def _error_dict(error: LineError) -> dict:
 
 
 def _near_duplicate_text(example: Example) -> str:
-    return "\n".join(example.texts())
+    """What near-duplicate detection compares: the conversation without its system prompt, which is
+    usually the same boilerplate in every example and would make every pair look alike."""
+    texts = [m["content"] for m in example.messages if m["role"] != "system"]
+    if example.kind == "preference":
+        texts += [example.preferred or "", example.rejected or ""]
+    return "\n".join(texts)
 
 
 class _ShortOutputs:
@@ -173,7 +178,9 @@ def prepare_dataset(
 ) -> PreparedDataset:
     counter = resources.token_counter(config.base_model)
     anonymizer = (
-        resources.anonymizer(config.pii_entities, config.pii_placeholders) if config.anonymize_pii else None
+        resources.anonymizer(config.pii_entities, config.pii_placeholders, config.pii_detector == "ner")
+        if config.anonymize_pii
+        else None
     )
     chunks = iter(chunks)
     first = next(chunks, b"")
@@ -341,6 +348,7 @@ def _second_pass(
         conflicts=state.conflicts.conflicts()[:MAX_LISTED],
         pii={
             "enabled": config.anonymize_pii,
+            "detector": config.pii_detector,
             "replacements": dict(sorted(state.pii_counts.items())),
             "samples": state.pii_samples,
         },

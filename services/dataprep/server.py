@@ -52,6 +52,7 @@ def _config(options: dataprep_pb2.PrepareOptions, default_base_model: str) -> Pr
         anonymize_pii=options.anonymize_pii if options.HasField("anonymize_pii") else True,
         pii_entities=tuple(options.pii_entities),
         pii_placeholders=dict(sorted(options.pii_placeholders.items())),
+        pii_detector=options.pii_detector or "ner",
         near_duplicate_threshold=options.near_duplicate_threshold
         if options.HasField("near_duplicate_threshold")
         else 0.85,
@@ -70,6 +71,7 @@ def _options_message(config: PrepareConfig) -> dataprep_pb2.PrepareOptions:
         anonymize_pii=config.anonymize_pii,
         pii_entities=list(config.pii_entities),
         pii_placeholders=config.pii_placeholders,
+        pii_detector=config.pii_detector,
         near_duplicate_threshold=config.near_duplicate_threshold,
         base_model=config.base_model,
         price_per_1k_tokens=config.price_per_1k_tokens,

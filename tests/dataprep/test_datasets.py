@@ -224,6 +224,8 @@ async def test_review_sample_exports_as_jsonl_and_csv(settings):
         ({"format": "xml"}, "format"),
         ({"near_duplicate_threshold": 0.0}, "near_duplicate_threshold"),
         ({"review_sample_size": 5000}, "review_sample_size"),
+        ({"pii_entities": ["PERSON", "SHOE_SIZE"]}, "pii_entities"),
+        ({"pii_detector": "oracle"}, "pii_detector"),
     ],
 )
 async def test_bad_options_are_refused_and_store_nothing(settings, options, param):

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import grpc
 import httpx
@@ -30,69 +29,7 @@ from protos import (
     training_pb2,
     training_pb2_grpc,
 )
-from tuneloop.nats_server import free_port
-
-API_KEY = "tl-test-key-0123456789"
-ROOT = Path(__file__).resolve().parents[2]
-STARTUP_S = 90
-
-
-class UpProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str]):
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        self.output = data_dir / "up.out"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tuneloop", "up", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
-             "--data-dir", str(data_dir)],
-            env=env, stdout=open(self.output, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,  # noqa: SIM115
-        )
-
-    def wait_healthy(self) -> dict:
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"tuneloop up exited:\n{self.output.read_text()}"
-            try:
-                response = httpx.get(f"{self.url}/healthz", timeout=2)
-                if response.status_code == 200:
-                    return response.json()
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"not healthy after {STARTUP_S}s:\n{self.output.read_text()}")
-
-    def children(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNELOOP_") and k != "NATS_URL"}
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model_dir):
-    up = UpProcess(
-        tmp_path_factory.mktemp("up"),
-        _env(TUNELOOP_API_KEY=API_KEY, TUNELOOP_BASE_MODELS=json.dumps({"tiny-llama": str(tiny_model_dir)})),
-    )
-    try:
-        up.wait_healthy()
-        yield up
-    finally:
-        up.stop()
-
-
-def _auth() -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {API_KEY}"),)
+from tests.fixtures.stack import API_KEY, ROOT, UpProcess, auth_metadata, clean_env
 
 
 def test_healthz_reports_nats_and_every_service_serving(stack):
@@ -151,7 +88,7 @@ def test_public_grpc_needs_a_key_and_proxies_every_kind_of_rpc(stack):
         with pytest.raises(grpc.RpcError) as error:
             training.ListModels(training_pb2.ListModelsRequest(), timeout=10)
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        models = training.ListModels(training_pb2.ListModelsRequest(), metadata=_auth(), timeout=10)
+        models = training.ListModels(training_pb2.ListModelsRequest(), metadata=auth_metadata(), timeout=10)
         assert "tiny-llama" in [m.id for m in models.models]
 
         # unary with a domain error: the status and the field at fault come through the gateway
@@ -160,7 +97,7 @@ def test_public_grpc_needs_a_key_and_proxies_every_kind_of_rpc(stack):
             evaluation.ComputeMetrics(
                 evaluation_pb2.ComputeMetricsRequest(pairs=[evaluation_pb2.ScoredPair(prediction="a", reference="a")],
                                                      metrics=["nope"]),
-                metadata=_auth(), timeout=10,
+                metadata=auth_metadata(), timeout=10,
             )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert dict(error.value.trailing_metadata())["x-tuneloop-error-param"] == "metrics"
@@ -170,16 +107,16 @@ def test_public_grpc_needs_a_key_and_proxies_every_kind_of_rpc(stack):
         content = b'{"messages": []}\n' * 5000
         chunks = [dataprep_pb2.UploadFileRequest(header=dataprep_pb2.UploadFileHeader(filename="a.jsonl", purpose="fine-tune"))]
         chunks += [dataprep_pb2.UploadFileRequest(data=content[i:i + 4096]) for i in range(0, len(content), 4096)]
-        uploaded = dataprep.UploadFile(iter(chunks), metadata=_auth(), timeout=10).file
+        uploaded = dataprep.UploadFile(iter(chunks), metadata=auth_metadata(), timeout=10).file
         assert uploaded.bytes == len(content)
         echoed = b"".join(c.data for c in dataprep.GetFileContent(
-            dataprep_pb2.GetFileContentRequest(file_id=uploaded.id), metadata=_auth(), timeout=10))
+            dataprep_pb2.GetFileContentRequest(file_id=uploaded.id), metadata=auth_metadata(), timeout=10))
         assert echoed == content
 
         # inference on the tiny model, through the gateway
         inference = inference_pb2_grpc.InferenceStub(channel)
         reply = inference.Generate(
-            inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hello", max_tokens=5), metadata=_auth(), timeout=60
+            inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hello", max_tokens=5), metadata=auth_metadata(), timeout=60
         )
         assert reply.completion_id.startswith("cmpl-")
         assert reply.usage.completion_tokens == 5 and reply.finish_reason == "length"
@@ -202,7 +139,7 @@ def test_readme_curl_examples_work(stack):
         command = command.replace("localhost:8000", f"127.0.0.1:{stack.port}")
         result = subprocess.run(
             ["bash", "-c", command + " --fail --silent --show-error"], capture_output=True, text=True,
-            env=dict(os.environ, TUNELOOP_API_KEY=API_KEY), timeout=30,
+            env=dict(os.environ, TUNELOOP_API_KEY=API_KEY), timeout=30, cwd=ROOT,
         )
         assert result.returncode == 0, f"{command}\n{result.stderr}"
         json.loads(result.stdout)
@@ -224,7 +161,7 @@ def test_a_killed_service_is_restarted(stack):
 
 
 def test_first_start_generates_a_key_and_sigterm_stops_everything(tmp_path):
-    up = UpProcess(tmp_path, _env())
+    up = UpProcess(tmp_path, clean_env())
     try:
         up.wait_healthy()
         children = up.children()
@@ -257,7 +194,7 @@ def test_up_uses_an_existing_nats_and_postgresql(tmp_path, nats_server, request)
     databases = _postgres_database()
     database_url = next(databases)
     request.addfinalizer(lambda: next(databases, None))
-    up = UpProcess(tmp_path, _env(NATS_URL=nats_server.url, TUNELOOP_DATABASE_URL=database_url,
+    up = UpProcess(tmp_path, clean_env(NATS_URL=nats_server.url, TUNELOOP_DATABASE_URL=database_url,
                                   TUNELOOP_API_KEY=API_KEY))
     try:
         up.wait_healthy()
@@ -278,7 +215,7 @@ def test_up_uses_an_existing_nats_and_postgresql(tmp_path, nats_server, request)
 
 
 def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path):
-    up = UpProcess(tmp_path, _env(TUNELOOP_API_KEY=API_KEY))
+    up = UpProcess(tmp_path, clean_env(TUNELOOP_API_KEY=API_KEY))
     deadline = time.monotonic() + 30
     children: list[psutil.Process] = []
     while len(children) < 7 and time.monotonic() < deadline:  # every part started, none healthy yet
