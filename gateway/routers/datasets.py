@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.clients import call, stream
 from gateway.deps import ClientsDep, TenantDep
 from gateway.errors import ERROR_RESPONSES
+from gateway.routers.files import FilePublic, public_file
 from protos import dataprep_pb2
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -43,6 +44,27 @@ class DatasetOptions(BaseModel):
 
 class DatasetCreate(DatasetOptions):
     file_id: str
+
+
+class TeacherModel(BaseModel):
+    """An OpenAI-compatible endpoint: a hosted model, or tuneloop's own gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key: str = ""
+    model: str
+
+
+class SyntheticCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed_file_id: str
+    count: int = Field(ge=1, le=10_000)
+    teacher: TeacherModel
+    instructions: str = ""
+    temperature: float = Field(default=0.8, ge=0, le=2)
+    options: DatasetOptions = DatasetOptions()
 
 
 class DatasetPublic(BaseModel):
@@ -97,6 +119,32 @@ async def prepare_dataset(body: DatasetCreate, clients: ClientsDep, tenant: Tena
         ),
     )
     return public_dataset(response.dataset)
+
+
+class SyntheticPublic(BaseModel):
+    object: Literal["dataset.synthetic"] = "dataset.synthetic"
+    generated: int
+    file: FilePublic
+    dataset: DatasetPublic
+
+
+@router.post("/synthetic", response_model=SyntheticPublic)
+async def generate_synthetic(body: SyntheticCreate, clients: ClientsDep, tenant: TenantDep) -> SyntheticPublic:
+    """Ask a teacher model for examples like the seed file's, then prepare them as a dataset."""
+    request = dataprep_pb2.GenerateSyntheticRequest(
+        seed_file_id=body.seed_file_id,
+        count=body.count,
+        teacher_base_url=body.teacher.base_url,
+        teacher_api_key=body.teacher.api_key,
+        teacher_model=body.teacher.model,
+        instructions=body.instructions,
+        temperature=body.temperature,
+        options=body.options.to_message(),
+    )
+    response = await call("dataprep", clients.dataprep.GenerateSynthetic(request, **clients.options(tenant)))
+    return SyntheticPublic(
+        generated=response.generated, file=public_file(response.file), dataset=public_dataset(response.dataset)
+    )
 
 
 @router.get("", response_model=DatasetsPublic)

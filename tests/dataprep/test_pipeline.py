@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from services.dataprep.dedup import NearDuplicateIndex
 from services.dataprep.examples import example_from_record
 from services.dataprep.options import PrepareConfig
-from services.dataprep.pipeline import DatasetRejected, PipelineResources, _near_duplicate_text, prepare_dataset
+from services.dataprep.pipeline import (
+    DatasetRejected,
+    PipelineResources,
+    _near_duplicate_text,
+    prepare_dataset,
+)
 from services.shared.artifacts import ArtifactStore
 from services.shared.settings import Settings
 from tests.fixtures.tiny_model import TINY_MODEL_ID
@@ -67,7 +72,7 @@ def test_malformed_files_are_rejected_with_line_errors_and_store_nothing(resourc
 
 def test_no_validation_example_has_a_near_duplicate_in_train(resources, tmp_path):
     rng = random.Random(5)
-    words = "order parcel refund invoice account password delivery warranty screen battery cable charger".split()
+    words = ["order", "parcel", "refund", "invoice", "account", "password", "delivery", "warranty", "screen", "battery", "cable", "charger"]
     lines = []
     for i in range(300):
         base = " ".join(rng.choice(words) for _ in range(30))

@@ -127,3 +127,24 @@ def test_readme_data_commands_work(stack):
         result = subprocess.run([sys.executable, "-m", "tuneloop", *argv, "--url", stack.url], capture_output=True,
                                 text=True, timeout=180, cwd=ROOT, env=dict(os.environ, TUNELOOP_API_KEY=API_KEY))
         assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+
+
+def test_synthetic_data_over_rest(client, http):
+    """The teacher is a FAKE OpenAI-compatible server (real HTTP and wire format, canned answers)."""
+    from tests.dataprep.test_synthetic import SEEDS, teacher_answer
+    from tests.fixtures.fake_openai import fake_openai_server
+
+    seed_id = client.files.create(file=("seeds.jsonl", SEEDS), purpose="fine-tune").id
+    with fake_openai_server(teacher_answer) as base_url:
+        response = http.post("/v1/datasets/synthetic", json={
+            "seed_file_id": seed_id, "count": 12,
+            "teacher": {"base_url": base_url, "api_key": "teacher-key", "model": "teacher-1"},
+            "options": {"anonymize_pii": False},
+        }, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["generated"] == 12 and body["file"]["filename"] == "synthetic-seeds.jsonl"
+    assert _wait(http, body["dataset"]["id"])["status"] == "ready"
+    bad = http.post("/v1/datasets/synthetic", json={"seed_file_id": seed_id, "count": 0,
+                                                   "teacher": {"base_url": "http://x", "model": "m"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "count"
