@@ -45,6 +45,41 @@ class TrainingStub:
                 request_serializer=protos_dot_training__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=protos_dot_training__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/tuneloop.v1.Training/DeleteModel',
+                request_serializer=protos_dot_training__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.CreateJob = channel.unary_unary(
+                '/tuneloop.v1.Training/CreateJob',
+                request_serializer=protos_dot_training__pb2.CreateJobRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.CreateJobResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/tuneloop.v1.Training/GetJob',
+                request_serializer=protos_dot_training__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/tuneloop.v1.Training/ListJobs',
+                request_serializer=protos_dot_training__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/tuneloop.v1.Training/CancelJob',
+                request_serializer=protos_dot_training__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobEvents = channel.unary_unary(
+                '/tuneloop.v1.Training/ListJobEvents',
+                request_serializer=protos_dot_training__pb2.ListJobEventsRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.ListJobEventsResponse.FromString,
+                _registered_method=True)
+        self.ListJobCheckpoints = channel.unary_unary(
+                '/tuneloop.v1.Training/ListJobCheckpoints',
+                request_serializer=protos_dot_training__pb2.ListJobCheckpointsRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.ListJobCheckpointsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainingServicer:
@@ -65,6 +100,55 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteModel(self, request, context):
+        """Deletes a fine-tuned model (base models cannot be deleted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateJob(self, request, context):
+        """Creates a fine-tuning job: the training file is validated and prepared, then the job is queued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Returns one job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists a tenant's jobs, newest first, `limit` at a time after the job `after`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a job that has not finished; its process is stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobEvents(self, request, context):
+        """Lists a job's events, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobCheckpoints(self, request, context):
+        """Lists a job's checkpoints (one per epoch), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +161,41 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=protos_dot_training__pb2.GetModelRequest.FromString,
                     response_serializer=protos_dot_training__pb2.GetModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=protos_dot_training__pb2.DeleteModelRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'CreateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJob,
+                    request_deserializer=protos_dot_training__pb2.CreateJobRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.CreateJobResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=protos_dot_training__pb2.GetJobRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.GetJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=protos_dot_training__pb2.ListJobsRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=protos_dot_training__pb2.CancelJobRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ListJobEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobEvents,
+                    request_deserializer=protos_dot_training__pb2.ListJobEventsRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.ListJobEventsResponse.SerializeToString,
+            ),
+            'ListJobCheckpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobCheckpoints,
+                    request_deserializer=protos_dot_training__pb2.ListJobCheckpointsRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.ListJobCheckpointsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +253,195 @@ class Training:
             '/tuneloop.v1.Training/GetModel',
             protos_dot_training__pb2.GetModelRequest.SerializeToString,
             protos_dot_training__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/DeleteModel',
+            protos_dot_training__pb2.DeleteModelRequest.SerializeToString,
+            protos_dot_training__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/CreateJob',
+            protos_dot_training__pb2.CreateJobRequest.SerializeToString,
+            protos_dot_training__pb2.CreateJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/GetJob',
+            protos_dot_training__pb2.GetJobRequest.SerializeToString,
+            protos_dot_training__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/ListJobs',
+            protos_dot_training__pb2.ListJobsRequest.SerializeToString,
+            protos_dot_training__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/CancelJob',
+            protos_dot_training__pb2.CancelJobRequest.SerializeToString,
+            protos_dot_training__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/ListJobEvents',
+            protos_dot_training__pb2.ListJobEventsRequest.SerializeToString,
+            protos_dot_training__pb2.ListJobEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobCheckpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/ListJobCheckpoints',
+            protos_dot_training__pb2.ListJobCheckpointsRequest.SerializeToString,
+            protos_dot_training__pb2.ListJobCheckpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,3 +46,18 @@ async def retrieve_model(model_id: str, clients: ClientsDep, tenant: TenantDep) 
         clients.training.GetModel(training_pb2.GetModelRequest(model_id=model_id), **clients.options(tenant)),
     )
     return _public(response.model)
+
+
+class ModelDeleted(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool
+
+
+@router.delete("/{model_id:path}", response_model=ModelDeleted)
+async def delete_model(model_id: str, clients: ClientsDep, tenant: TenantDep) -> ModelDeleted:
+    response = await call(
+        "training",
+        clients.training.DeleteModel(training_pb2.DeleteModelRequest(model_id=model_id), **clients.options(tenant)),
+    )
+    return ModelDeleted(id=response.model_id, deleted=response.deleted)

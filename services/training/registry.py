@@ -1,15 +1,17 @@
-"""The model registry: which models a tenant can use.
-
-Base models come from the model store; fine-tuned versions (with their lineage) join them when
-the training jobs land.
-"""
+"""The model registry: the base models from the model store and a tenant's fine-tuned versions."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
-from services.shared.errors import NotFound
+from services.shared.db import Database
+from services.shared.errors import InvalidArgument, NotFound
 from services.shared.models import ModelStore
+from services.training import store
 
 
 @dataclass(frozen=True)
@@ -21,14 +23,17 @@ class RegisteredModel:
     base_model: str
     available: bool
     unavailable_reason: str
+    lineage: dict | None = None
 
 
 class ModelRegistry:
-    def __init__(self, store: ModelStore):
-        self._store = store
+    def __init__(self, models: ModelStore, db: Database, adapters_dir: Path):
+        self._models = models
+        self._db = db
+        self._adapters_dir = adapters_dir
 
     def _base(self, model_id: str) -> RegisteredModel:
-        status = self._store.status(model_id)
+        status = self._models.status(model_id)
         return RegisteredModel(
             id=model_id,
             created=status.created,
@@ -39,12 +44,42 @@ class ModelRegistry:
             unavailable_reason=status.reason,
         )
 
-    def list_models(self, tenant: str) -> list[RegisteredModel]:
-        return [self._base(model_id) for model_id in self._store.base_model_ids()]
-
-    def get_model(self, tenant: str, model_id: str) -> RegisteredModel:
-        if model_id in self._store.base_model_ids():
-            return self._base(model_id)
-        raise NotFound(
-            f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+    @staticmethod
+    def _fine_tuned(row) -> RegisteredModel:
+        return RegisteredModel(
+            id=row.id,
+            created=row.created_at,
+            owned_by=row.tenant,
+            kind="fine-tuned",
+            base_model=row.base_model,
+            available=Path(row.path).is_dir(),
+            unavailable_reason="" if Path(row.path).is_dir() else f"adapter files missing at {row.path}",
+            lineage=json.loads(row.lineage),
         )
+
+    async def list_models(self, tenant: str) -> list[RegisteredModel]:
+        base = await asyncio.to_thread(lambda: [self._base(m) for m in self._models.base_model_ids()])
+        async with self._db.transaction() as session:
+            rows = await store.tenant_models(session, tenant)
+        return base + [self._fine_tuned(row) for row in rows]
+
+    async def get_model(self, tenant: str, model_id: str) -> RegisteredModel:
+        if model_id in self._models.base_model_ids():
+            return await asyncio.to_thread(self._base, model_id)
+        async with self._db.transaction() as session:
+            row = await store.find_model(session, tenant, model_id)
+        if row is None:
+            raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        return self._fine_tuned(row)
+
+    async def delete_model(self, tenant: str, model_id: str) -> None:
+        if model_id in self._models.base_model_ids():
+            raise InvalidArgument(f"'{model_id}' is a base model and cannot be deleted", param="model")
+        async with self._db.transaction() as session:
+            row = await store.find_model(session, tenant, model_id)
+            if row is None:
+                raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+            await store.delete_model(session, model_id)
+        path = Path(row.path).resolve()
+        if path.is_relative_to(self._adapters_dir.resolve()):  # never delete outside the adapter store
+            await asyncio.to_thread(shutil.rmtree, path, True)

@@ -1,0 +1,331 @@
+"""The job supervisor: moves jobs from validating_files to queued to running to an end, and back
+on its feet after a restart.
+
+The jobs table is the queue. Each job trains in its own subprocess (`services.training.job_process`),
+so a crash or a cancel never takes the service down; the subprocess reports progress as JSON lines
+on stdout, which this module turns into job events, checkpoints and platform events. A job found
+"running" with no process behind it (the service was killed) is queued again and resumes from its
+last checkpoint, or fails with a reason once it has used its attempts: never left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import json_format
+
+from protos import dataprep_pb2, dataprep_pb2_grpc, events_pb2
+from services.shared.bus import new_envelope
+from services.shared.outbox import add_to_outbox
+from services.shared.process import Runtime
+from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata
+from services.shared.subjects import TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_PROGRESS
+from services.training import store
+from services.training.jobs import Hyperparameters, fine_tuned_model_id, resolve_hyperparameters
+
+log = logging.getLogger(__name__)
+POLL_S = 1.0
+
+
+@dataclass
+class RunningJob:
+    job: store.JobRecord
+    process: asyncio.subprocess.Process
+    reader: asyncio.Task
+
+
+class JobSupervisor:
+    def __init__(self, runtime: Runtime, *, max_concurrent: int, max_attempts: int):
+        self._runtime = runtime
+        self._settings = runtime.settings
+        self._db = runtime.db
+        self._max_concurrent = max_concurrent
+        self._max_attempts = max_attempts
+        self._wake = asyncio.Event()
+        self._running: dict[str, RunningJob] = {}
+        self._channel = open_channel(self._settings.dataprep_addr, self._settings)
+        self._dataprep = dataprep_pb2_grpc.DataPrepStub(self._channel)
+        self.jobs_dir = self._settings.data_dir / "training" / "jobs"
+        self.adapters_dir = self._settings.models_path / "adapters"
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._recover()
+        while not stop.is_set():
+            try:
+                await self._tick()
+            except Exception:
+                log.exception("job supervisor: tick failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(self._wake, stop), POLL_S)
+        await self._stop_all()
+        await self._channel.close()
+
+    async def _recover(self) -> None:
+        """Jobs "running" when the service starts have no process: resume them or fail them."""
+        async with self._db.transaction() as session:
+            orphans = await store.jobs_in(session, (store.RUNNING,))
+            for job in orphans:
+                if job.attempts < self._max_attempts:
+                    await store.update_job(session, job.id, status=store.QUEUED)
+                    await store.add_event(session, job.id, "The training process was lost; the job is queued again "
+                                          "and resumes from its last checkpoint.", level="warn")
+                else:
+                    await self._fail(session, job, "process_lost",
+                                     f"The training process was lost {job.attempts} times; giving up.")
+
+    async def _tick(self) -> None:
+        async with self._db.transaction() as session:
+            validating = await store.jobs_in(session, (store.VALIDATING,))
+            queued = await store.jobs_in(session, (store.QUEUED,))
+        for job in validating:
+            await self._validate(job)
+        for job in queued:
+            if len(self._running) >= self._max_concurrent:
+                break
+            await self._start(job)
+
+    # ---- validating_files -> queued ---------------------------------------------------------------
+
+    async def _prepare(self, job: store.JobRecord, file_id: str, validation_fraction: float) -> str:
+        options = dataprep_pb2.PrepareOptions(base_model=job.model, validation_fraction=validation_fraction,
+                                              seed=job.seed)
+        response = await self._dataprep.PrepareDataset(
+            dataprep_pb2.PrepareDatasetRequest(file_id=file_id, options=options),
+            metadata=tenant_metadata(job.tenant), timeout=30,
+        )
+        return response.dataset.id
+
+    async def _dataset(self, job: store.JobRecord, dataset_id: str) -> dataprep_pb2.Dataset:
+        response = await self._dataprep.GetDataset(dataprep_pb2.GetDatasetRequest(dataset_id=dataset_id),
+                                                   metadata=tenant_metadata(job.tenant), timeout=30)
+        return response.dataset
+
+    async def _validate(self, job: store.JobRecord) -> None:
+        try:
+            if not job.training_dataset:
+                # Asked once per job: asking again for a failed dataset would prepare it again.
+                # With its own validation file, the training file is all training; else 10% is held out.
+                training_id = await self._prepare(job, job.training_file, 0.0 if job.validation_file else 0.1)
+                validation_id = await self._prepare(job, job.validation_file, 0.0) if job.validation_file else ""
+                async with self._db.transaction() as session:
+                    await store.update_job(session, job.id, expect=(store.VALIDATING,),
+                                           training_dataset=training_id, validation_dataset=validation_id)
+                return
+            training = await self._dataset(job, job.training_dataset)
+            validation = await self._dataset(job, job.validation_dataset) if job.validation_dataset else None
+        except grpc.aio.AioRpcError as error:
+            mapped = error_from_rpc(error, service="dataprep")
+            if mapped.grpc_status in ("NOT_FOUND", "INVALID_ARGUMENT"):
+                async with self._db.transaction() as session:
+                    await self._fail(session, job, "invalid_training_file", mapped.message, param="training_file")
+            else:
+                log.warning("job %s: data-prep not reachable yet: %s", job.id, error)
+            return
+        for dataset, param in ((training, "training_file"), (validation, "validation_file")):
+            if dataset is not None and dataset.status == "failed":
+                async with self._db.transaction() as session:
+                    await self._fail(session, job, "invalid_training_file", f"{param}: {dataset.error}", param=param)
+                return
+        if training.status != "ready" or (validation is not None and validation.status != "ready"):
+            return  # still being prepared
+        report = await self._dataprep.GetReport(dataprep_pb2.GetReportRequest(dataset_id=training.id),
+                                                metadata=tenant_metadata(job.tenant), timeout=30)
+        recommended = int(json_format.MessageToDict(report.report)["cost"]["n_epochs"])
+        requested = Hyperparameters(**json.loads(job.hyperparameters)["requested"])
+        resolved = resolve_hyperparameters(requested, n_train=training.train_examples, recommended_epochs=recommended)
+        hyperparameters = {"requested": json.loads(job.hyperparameters)["requested"], "resolved": resolved.__dict__}
+        async with self._db.transaction() as session:
+            changed = await store.update_job(
+                session, job.id, expect=(store.VALIDATING,), status=store.QUEUED,
+                training_dataset=training.id, validation_dataset=validation.id if validation else training.id,
+                hyperparameters=json.dumps(hyperparameters),
+            )
+            if changed:
+                await store.add_event(session, job.id, f"Files validated: {training.train_examples} training examples, "
+                                      f"{(validation or training).validation_examples or training.validation_examples} "
+                                      "validation examples.")
+                await store.add_event(session, job.id, "Fine-tuning job queued.")
+        self.wake()
+
+    # ---- queued -> running ------------------------------------------------------------------------
+
+    async def _split_path(self, job: store.JobRecord, dataset_id: str, split: str) -> str:
+        response = await self._dataprep.GetDataset(dataprep_pb2.GetDatasetRequest(dataset_id=dataset_id),
+                                                   metadata=tenant_metadata(job.tenant), timeout=30)
+        sha = response.dataset.train_sha256 if split == "train" else response.dataset.validation_sha256
+        return str(self._settings.artifacts_path / "sha256" / sha[:2] / sha[2:])
+
+    async def _start(self, job: store.JobRecord) -> None:
+        train_path = await self._split_path(job, job.training_dataset, "train")
+        validation_split = "train" if job.validation_dataset != job.training_dataset else "validation"
+        validation_path = await self._split_path(job, job.validation_dataset, validation_split)
+        async with self._db.transaction() as session:
+            latest = await store.list_checkpoints(session, job.id, limit=1)
+        job_dir = self.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "job_id": job.id,
+            "base_model": job.model,
+            "train_path": train_path,
+            "validation_path": validation_path,
+            "hyperparameters": json.loads(job.hyperparameters)["resolved"],
+            "method": json.loads(job.method),
+            "seed": job.seed,
+            "job_dir": str(job_dir),
+            "adapter_dir": str(self.adapters_dir / job.id),
+            "resume_from": latest[0].path if latest else None,
+        }
+        log_file = open(job_dir / "train.log", "ab")  # noqa: SIM115 - handed to the child process
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.training.job_process",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            env=dict(os.environ), start_new_session=True,
+        )
+        log_file.close()
+        process.stdin.write(json.dumps(spec).encode() + b"\n")
+        await process.stdin.drain()
+        process.stdin.close()
+        async with self._db.transaction() as session:
+            await store.update_job(session, job.id, expect=(store.QUEUED,), status=store.RUNNING,
+                                   attempts=job.attempts + 1)
+            await store.add_event(session, job.id, "Fine-tuning job started." if not latest else
+                                  f"Fine-tuning job resumed from the checkpoint of epoch {latest[0].epoch}.")
+        running = RunningJob(job=job, process=process, reader=asyncio.create_task(self._follow(job, process)))
+        self._running[job.id] = running
+
+    # ---- running -> an end ------------------------------------------------------------------------
+
+    async def _follow(self, job: store.JobRecord, process: asyncio.subprocess.Process) -> None:
+        finished = False
+        try:
+            async for raw in process.stdout:
+                try:
+                    message = json.loads(raw)
+                except json.JSONDecodeError:
+                    continue
+                finished = await self._on_message(job, message) or finished
+            code = await process.wait()
+            if not finished:
+                async with self._db.transaction() as session:
+                    current = await store.job_by_id(session, job.id)
+                    if current.status == store.RUNNING:
+                        await self._fail(session, current, "training_process_failed",
+                                         f"The training process exited with code {code}; see its log.")
+        finally:
+            self._running.pop(job.id, None)
+            self.wake()
+
+    async def _on_message(self, job: store.JobRecord, message: dict) -> bool:
+        kind = message.pop("event", "")
+        async with self._db.transaction() as session:
+            if kind in ("step", "epoch"):
+                text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in message.items())
+                await store.add_event(session, job.id, f"{kind} {text}", type="metrics", data=message)
+                if kind == "step":
+                    eta = message.get("eta_seconds")
+                    if eta is not None:
+                        await store.update_job(session, job.id, estimated_finish=store.now() + int(eta))
+                    await self._publish(session, job, TRAINING_PROGRESS, events_pb2.TrainingProgress(
+                        job_id=job.id, step=int(message.get("step", 0)), total_steps=int(message.get("total_steps", 0)),
+                        train_loss=float(message.get("train_loss", 0.0)),
+                        tokens_per_second=float(message.get("tokens_per_second", 0.0))))
+                return False
+            if kind == "checkpoint":
+                await store.add_checkpoint(session, job.id, step=int(message["step"]), epoch=int(message["epoch"]),
+                                           metrics=message.get("metrics", {}), path=message["path"])
+                await store.add_event(session, job.id, f"Checkpoint saved at the end of epoch {message['epoch']}.")
+                return False
+            if kind == "completed":
+                current = await store.job_by_id(session, job.id)
+                if current.status != store.RUNNING:
+                    return True  # cancelled meanwhile
+                model_id = fine_tuned_model_id(job.model, job.tenant, job.suffix, job.id)
+                lineage = {
+                    "base_model": job.model, "job_id": job.id, "training_file": job.training_file,
+                    "training_dataset": job.training_dataset, "validation_dataset": job.validation_dataset,
+                    "hyperparameters": json.loads(job.hyperparameters)["resolved"], "method": json.loads(job.method),
+                    "metrics": message.get("metrics", {}), "parent": None,
+                }
+                await store.add_model(session, id=model_id, tenant=job.tenant, base_model=job.model, job_id=job.id,
+                                      path=message["adapter_path"], lineage=json.dumps(lineage))
+                await store.update_job(session, job.id, status=store.SUCCEEDED, fine_tuned_model=model_id,
+                                       trained_tokens=int(message.get("trained_tokens", 0)), finished_at=store.now())
+                await store.add_event(session, job.id, f"The job has successfully completed: {model_id}.")
+                await self._publish(session, job, TRAINING_COMPLETED, events_pb2.TrainingCompleted(
+                    job_id=job.id, model_version=model_id, base_model=job.model))
+                return True
+            if kind == "failed":
+                current = await store.job_by_id(session, job.id)
+                if current.status == store.RUNNING:
+                    await self._fail(session, current, message.get("code", "training_failed"), message.get("message", ""))
+                return True
+        return False
+
+    async def _publish(self, session, job: store.JobRecord, event_type: str, payload) -> None:
+        await add_to_outbox(session, self._runtime.tables,
+                            new_envelope(event_type, payload, source="training", tenant=job.tenant))
+        self._runtime.relay.poke()
+
+    async def _fail(self, session, job: store.JobRecord, code: str, message: str, *, param: str = "") -> None:
+        await store.update_job(session, job.id, status=store.FAILED, error_code=code, error_message=message,
+                               error_param=param, finished_at=store.now())
+        await store.add_event(session, job.id, f"The job failed: {message}", level="error")
+        await self._publish(session, job, TRAINING_FAILED,
+                            events_pb2.TrainingFailed(job_id=job.id, code=code, message=message))
+
+    # ---- cancel and shutdown ----------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> store.JobRecord:
+        async with self._db.transaction() as session:
+            job = await store.get_job(session, tenant, job_id)
+            if await store.update_job(session, job.id, expect=store.ACTIVE, status=store.CANCELLED,
+                                      finished_at=store.now()):
+                await store.add_event(session, job.id, "The job was cancelled.")
+            job = await store.get_job(session, tenant, job_id)
+        running = self._running.get(job_id)
+        if running is not None:
+            await _terminate(running.process)
+        return job
+
+    async def _stop_all(self) -> None:
+        """On shutdown the jobs stay "running" in the table: the next start resumes them."""
+        for running in list(self._running.values()):
+            await _terminate(running.process)
+            running.reader.cancel()
+
+
+async def _terminate(process: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+

@@ -1,0 +1,77 @@
+"""/v1/fine_tuning/jobs through the official openai SDK against the whole stack."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.fixtures.stack import API_KEY
+from tests.fixtures.tiny_model import TINY_MODEL_ID
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def _wait(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job.status}")
+
+
+def test_a_malformed_training_file_fails_the_job_at_validation_naming_the_line(client):
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]})
+             for i in range(20)]
+    lines[6] = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "wizard", "content": "a"}]})
+    file = client.files.create(file=("bad.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id, suffix="bad")
+    assert job.status == "validating_files" and job.object == "fine_tuning.job"
+    job = _wait(client, job.id)
+    assert job.status == "failed"
+    assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
+    assert "line 7" in job.error.message and "messages[1].role" in job.error.message
+    messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id)]
+    assert any("failed" in message for message in messages)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "param"),
+    [
+        ({"model": "gpt-9"}, openai.NotFoundError, "model"),
+        ({"method": {"type": "qlora"}}, openai.ConflictError, "method.type"),
+        ({"suffix": "Not Valid!"}, openai.BadRequestError, "suffix"),
+        ({"hyperparameters": {"n_epochs": 0}}, openai.BadRequestError, "hyperparameters.n_epochs"),
+    ],
+)
+def test_requests_that_cannot_run_are_refused_before_anything_is_stored(client, kwargs, error, param):
+    file = client.files.create(file=("ok.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+                                                b'{"role": "assistant", "content": "a"}]}\n'), purpose="fine-tune")
+    before = len(client.fine_tuning.jobs.list(limit=100).data)
+    with pytest.raises(error) as raised:
+        client.fine_tuning.jobs.create(**{"model": TINY_MODEL_ID, "training_file": file.id, **kwargs})
+    assert raised.value.body["param"] == param
+    assert len(client.fine_tuning.jobs.list(limit=100).data) == before
+
+
+def test_qlora_on_a_cpu_says_it_needs_a_gpu(client):
+    file = client.files.create(file=("ok.jsonl", b'{"messages": [{"role": "user", "content": "q"}, '
+                                                b'{"role": "assistant", "content": "a"}]}\n'), purpose="fine-tune")
+    with pytest.raises(openai.ConflictError) as raised:
+        client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id, method={"type": "qlora"})
+    assert raised.value.body["code"] == "gpu_required" and "CUDA GPU" in raised.value.body["message"]
+
+
+def test_unknown_jobs_are_404(client):
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-nope")
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.cancel("ftjob-nope")
