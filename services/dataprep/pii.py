@@ -7,6 +7,12 @@ cue words and known name tokens: see `pii_recognizers`), then spaCy's NER (`en_c
 for PERSON, LOCATION and DATE_TIME. `use_ner=False` skips the model: no LOCATION, fewer names, much
 faster. Nothing here touches the network: see `pii_recognizers.OfflineEmailRecognizer`.
 
+Speed without NER (measured in bench/dataprep.py): a text that no recogniser's screen passes (no
+digit, "@", domain, cue word before a capital or known name: see `pii_recognizers.Screened`) never
+reaches Presidio; for the others spaCy's tokenizer runs only if some recogniser found something
+(context words are read only then); and the findings of recent short texts are remembered, so a
+system prompt repeated on every line is analysed once. None of this changes a result.
+
 One instance builds its engines once and is then read-only, so threads may share it.
 """
 
@@ -22,14 +28,6 @@ import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
-from presidio_analyzer.predefined_recognizers import (
-    CreditCardRecognizer,
-    IbanRecognizer,
-    IpRecognizer,
-    MedicalLicenseRecognizer,
-    UsItinRecognizer,
-    UsSsnRecognizer,
-)
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 
@@ -88,6 +86,11 @@ _IGNORED_NER_LABELS = (
     "WORK_OF_ART",
 )
 _WARM_UP = "Dr. Jane Roe (jane.roe@example.com, +44 20 7946 0958) visited https://example.org on 2024-03-05."
+# Findings of this many recent texts are remembered, texts of up to this many characters (so the
+# memo holds at most a few MiB): repeated texts, such as a system prompt on every line, are
+# analysed once.
+MEMO_TEXTS = 256
+MEMO_MAX_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,22 @@ class _ModelEngine(SpacyNlpEngine):
         self.nlp = {"en": _spacy_model()}
 
 
+class _LazyArtifacts(NlpArtifacts):
+    """The engine's artifacts for one text, made on first use: the regex recognisers never read them
+    and context enhancement only for a text with findings, so most texts are never tokenized."""
+
+    def __init__(self, engine: SpacyNlpEngine, text: str, language: str):  # noqa: D107 (no super: lazy)
+        self._pending = (engine, text, language)
+
+    def __getattr__(self, name: str):
+        pending = self.__dict__.pop("_pending", None)
+        if pending is None or name.startswith("__"):
+            raise AttributeError(name)
+        engine, text, language = pending
+        self.__dict__.update(vars(engine.process_text(text, language)))
+        return getattr(self, name)
+
+
 class _TokenizerEngine(SpacyNlpEngine):
     """No model: spaCy's rule-based tokenizer, lower-cased words as lemmas (enough for context words)."""
 
@@ -161,15 +180,15 @@ def _recognizers(use_ner: bool) -> list:
     recognizers = [
         rec.OfflineEmailRecognizer(),
         rec.url_recognizer(),
-        IpRecognizer(),
-        CreditCardRecognizer(),
+        rec.ScreenedIpRecognizer(),
+        rec.ScreenedCreditCardRecognizer(),
         rec.ValidPhoneRecognizer(),
         rec.FormattedPhoneRecognizer(),
         rec.date_recognizer(),
-        UsSsnRecognizer(),
-        UsItinRecognizer(),
-        IbanRecognizer(),
-        MedicalLicenseRecognizer(),
+        rec.ScreenedUsSsnRecognizer(),
+        rec.ScreenedUsItinRecognizer(),
+        rec.ScreenedIbanRecognizer(),
+        rec.ScreenedMedicalLicenseRecognizer(),
         rec.ContextNhsRecognizer(),
         rec.IdCueRecognizer(),
         rec.CuePersonRecognizer(),
@@ -228,11 +247,19 @@ class PiiAnonymizer:
         self.language = language
 
         registry = RecognizerRegistry(supported_languages=[language])
-        for recognizer in _recognizers(use_ner):
+        recognizers = _recognizers(use_ner)
+        for recognizer in recognizers:
             registry.add_recognizer(recognizer)
+        # Without NER every recogniser is screened: a text that passes no screen has no findings.
+        self._screens = (
+            None
+            if any(not isinstance(r, rec.Screened) for r in recognizers)
+            else [r.could_match for r in recognizers]
+        )
+        self._nlp_engine = _ModelEngine() if use_ner else _TokenizerEngine()
         self._analyzer = AnalyzerEngine(
             registry=registry,
-            nlp_engine=_ModelEngine() if use_ner else _TokenizerEngine(),
+            nlp_engine=self._nlp_engine,
             supported_languages=[language],
             context_aware_enhancer=LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=1),
         )
@@ -248,6 +275,7 @@ class PiiAnonymizer:
             {value for value in self.placeholders.values() if value.strip()}, key=len, reverse=True
         )
         self._placeholder_re = re.compile("|".join(map(re.escape, values))) if values else None
+        self._memo = lru_cache(maxsize=MEMO_TEXTS)(self._analyze)
         self.analyze(
             _WARM_UP
         )  # load everything that loads lazily now, not in the first (maybe concurrent) call
@@ -256,19 +284,28 @@ class PiiAnonymizer:
         """Non-overlapping findings in `text`, in order."""
         if not text or text.isspace() or not self._query_entities:
             return []
+        if len(text) <= MEMO_MAX_CHARS:
+            return list(self._memo(text))
+        return list(self._analyze(text))
+
+    def _analyze(self, text: str) -> tuple[Finding, ...]:
+        if self._screens is not None and not any(screen(text) for screen in self._screens):
+            return ()
         results = self._analyzer.analyze(
             text=text,
             language=self.language,
             entities=self._query_entities,
             score_threshold=self.score_threshold,
+            # NER reads the model's artifacts anyway; without it they are made only when needed.
+            nlp_artifacts=None if self.use_ner else _LazyArtifacts(self._nlp_engine, text, self.language),
         )
         if self._placeholder_re is not None:  # a placeholder from an earlier pass is not PII
             taken = [match.span() for match in self._placeholder_re.finditer(text)]
             results = [r for r in results if not any(r.start < end and start < r.end for start, end in taken)]
-        return [
+        return tuple(
             Finding(r.entity_type, r.start, r.end, text[r.start : r.end], round(r.score, 4))
             for r in _resolve(results)
-        ]
+        )
 
     def anonymize(self, text: str) -> Anonymized:
         findings = self.analyze(text)

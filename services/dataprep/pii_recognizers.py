@@ -12,6 +12,12 @@
 * `CuePersonRecognizer` and `NameListRecognizer`: names after titles and cue words, and names
   starting with a known name token (data/person_names.txt), for what the small spaCy model misses.
 * `IdCueRecognizer`: passport / driving licence / account numbers named as such in the text.
+
+Every recogniser here is `Screened`: `could_match(text)` is a cheap test that every text the
+recogniser can find something in passes (an e-mail needs an "@", a card number 13 digits, a name
+from the list a capitalised word that is on it...). `analyze` returns nothing at once for a text
+that fails it, and `PiiAnonymizer` skips Presidio altogether for a text that fails every one, so
+screening changes no result, only the time: most sentences of ordinary text hold no candidate.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import phonenumbers
+import regex
 import tldextract
 from presidio_analyzer import (
     AnalysisExplanation,
@@ -30,10 +38,16 @@ from presidio_analyzer import (
     RecognizerResult,
 )
 from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
     EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    MedicalLicenseRecognizer,
     NhsRecognizer,
     PhoneRecognizer,
     SpacyRecognizer,
+    UsItinRecognizer,
+    UsSsnRecognizer,
 )
 
 NAMES_FILE = Path(__file__).parent / "data" / "person_names.txt"
@@ -43,8 +57,79 @@ CASE_SENSITIVE = re.DOTALL | re.MULTILINE
 # public suffix list bundled in the tldextract wheel.
 OFFLINE_TLD_EXTRACTOR = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
 
+# ------------------------------------------------------------------------------------- screening
 
-class OfflineEmailRecognizer(EmailRecognizer):
+# Digits as the `regex` module (Presidio's patterns) reads "\d": a superset of the `re` module's
+# (python-phonenumbers, our own patterns), whose Unicode tables are older.
+_DIGIT = regex.compile(r"\d")
+
+
+@lru_cache(maxsize=16)
+def digit_count(text: str) -> int:
+    """How many digits `text` holds (memoised: every screen of one text asks)."""
+    return len(_DIGIT.findall(text))
+
+
+class Screened:
+    """Mixin for a recogniser: `could_match(text)` is False only for a text in which the recogniser
+    cannot find anything, and `analyze` then returns [] without scanning it."""
+
+    def could_match(self, text: str) -> bool:
+        return True
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        if not self.could_match(text):
+            return []
+        return super().analyze(text, entities, nlp_artifacts)
+
+
+class DigitScreened(Screened):
+    """Every match of the recogniser holds at least MIN_DIGITS digits, and HINT (if set) finds
+    something in every text with a match."""
+
+    MIN_DIGITS = 1
+    HINT: regex.Pattern | re.Pattern | None = None
+
+    def could_match(self, text: str) -> bool:
+        return digit_count(text) >= self.MIN_DIGITS and (self.HINT is None or self.HINT.search(text) is not None)
+
+
+class ScreenedCreditCardRecognizer(DigitScreened, CreditCardRecognizer):
+    MIN_DIGITS = 13  # 4 + 3 + 3 + 3 in the shortest form of the pattern
+
+
+class ScreenedUsSsnRecognizer(DigitScreened, UsSsnRecognizer):
+    MIN_DIGITS = 9
+
+
+class ScreenedUsItinRecognizer(DigitScreened, UsItinRecognizer):
+    MIN_DIGITS = 9
+
+
+class ScreenedIbanRecognizer(DigitScreened, IbanRecognizer):
+    MIN_DIGITS = 2
+    HINT = regex.compile(r"[A-Z]{2}[0-9]{2}")  # country code and check digits (case-sensitive pattern)
+
+
+class ScreenedMedicalLicenseRecognizer(DigitScreened, MedicalLicenseRecognizer):
+    MIN_DIGITS = 7
+    HINT = regex.compile(r"\d{7}")
+
+
+# IPv4 has a digit, a dot and a digit; every IPv6 form has two colons with at most four hex digits
+# between them ("::", ":db8:"). Read with the patterns' own flags.
+_IP_HINT = regex.compile(r"[0-9]\.[0-9]|:[0-9A-Fa-f]{0,4}:", regex.IGNORECASE)
+
+
+class ScreenedIpRecognizer(Screened, IpRecognizer):
+    def could_match(self, text: str) -> bool:
+        return _IP_HINT.search(text) is not None
+
+
+class OfflineEmailRecognizer(Screened, EmailRecognizer):
+    def could_match(self, text: str) -> bool:
+        return "@" in text
+
     def validate_result(self, pattern_text: str) -> bool:
         return OFFLINE_TLD_EXTRACTOR(pattern_text).fqdn != ""
 
@@ -67,8 +152,35 @@ PHONE_CONTEXT = [
 ]
 
 
-class ValidPhoneRecognizer(PhoneRecognizer):
-    """Numbers python-phonenumbers finds valid for some region: strong enough on their own."""
+def _possible_lengths(metadata) -> list[int]:
+    descs = [metadata.general_desc, metadata.fixed_line, metadata.mobile, metadata.toll_free,
+             metadata.premium_rate, metadata.shared_cost, metadata.personal_number, metadata.voip,
+             metadata.pager, metadata.uan, metadata.voicemail]  # fmt: skip
+    return [n for desc in descs if desc is not None for n in desc.possible_length if n > 0]
+
+
+@lru_cache(maxsize=1)
+def _shortest_international_number() -> int:
+    """Digits in the shortest valid number written with its country code, over every region."""
+    shortest = 1000
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        lengths = _possible_lengths(metadata) if metadata is not None else []
+        if lengths:
+            shortest = min(shortest, len(str(metadata.country_code)) + min(lengths))
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        lengths = _possible_lengths(phonenumbers.PhoneMetadata.metadata_for_nongeo_region(code))
+        if lengths:
+            shortest = min(shortest, len(str(code)) + min(lengths))
+    return shortest
+
+
+class ValidPhoneRecognizer(Screened, PhoneRecognizer):
+    """Numbers python-phonenumbers finds valid for some region: strong enough on their own.
+
+    A region's matcher only runs on a text with as many digits as the shortest valid number it can
+    find: the region's shortest national number, or the shortest one written with a country code
+    (6 digits: +43 / +49 and 4), whichever is shorter."""
 
     SCORE = 0.6
     # Numbers written with +country code match in any region; these decide how national numbers are
@@ -82,16 +194,36 @@ class ValidPhoneRecognizer(PhoneRecognizer):
             supported_regions=self.REGIONS,
             leniency=1,
         )
+        international = _shortest_international_number()
+        self.min_digits = {
+            region: min([international, *_possible_lengths(phonenumbers.PhoneMetadata.metadata_for_region(region))])
+            for region in self.supported_regions
+        }
+
+    def could_match(self, text: str) -> bool:
+        return digit_count(text) >= min(self.min_digits.values())
 
     def analyze(self, text, entities, nlp_artifacts=None):
+        digits = digit_count(text)
+        results = []
+        # PhoneRecognizer.analyze, for the regions whose numbers fit in the text's digits.
+        for region in self.supported_regions:
+            if digits < self.min_digits[region]:
+                continue
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=self.leniency):
+                try:
+                    found_in = phonenumbers.region_code_for_number(
+                        phonenumbers.parse(text[match.start : match.end])
+                    )
+                except phonenumbers.NumberParseException:
+                    found_in = region
+                results.append(self._get_recognizer_result(match, text, found_in, nlp_artifacts))
         return [
-            r
-            for r in super().analyze(text, entities, nlp_artifacts)
-            if not is_numeric_date(text[r.start : r.end])
+            r for r in EntityRecognizer.remove_duplicates(results) if not is_numeric_date(text[r.start : r.end])
         ]
 
 
-class FormattedPhoneRecognizer(PatternRecognizer):
+class FormattedPhoneRecognizer(DigitScreened, PatternRecognizer):
     """Numbers written the way phone numbers are written, whether or not the number exists."""
 
     PATTERNS = [
@@ -117,14 +249,18 @@ class FormattedPhoneRecognizer(PatternRecognizer):
             global_regex_flags=CASE_SENSITIVE,
         )
 
+    MIN_DIGITS = 7  # validate_result refuses fewer
+
     def validate_result(self, pattern_text: str) -> bool | None:
         digits = sum(ch.isdigit() for ch in pattern_text)
         return None if 7 <= digits <= 15 and not is_numeric_date(pattern_text) else False
 
 
-class ContextNhsRecognizer(NhsRecognizer):
+class ContextNhsRecognizer(DigitScreened, NhsRecognizer):
     """NHS numbers look like US phone numbers (3-3-4 digits) and one in eleven passes the checksum by
     chance, so a valid checksum keeps the pattern's score (0.5) instead of 1.0: "NHS" nearby decides."""
+
+    MIN_DIGITS = 10
 
     def validate_result(self, pattern_text: str) -> bool | None:
         return None if super().validate_result(pattern_text) else False
@@ -147,13 +283,32 @@ URL_PATTERNS = [
 ]
 
 
+# Every URL pattern holds "://" or a dot before a domain label, read with the patterns' own flags.
+_URL_HINT = regex.compile(r"://|\.[a-z0-9-]", regex.IGNORECASE)
+
+
+class ScreenedPatternRecognizer(Screened, PatternRecognizer):
+    """A PatternRecognizer with a screen: `hint` must find something, and at least `min_digits` digits."""
+
+    def __init__(self, *args, hint: regex.Pattern | None = None, min_digits: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hint = hint
+        self.min_digits = min_digits
+
+    def could_match(self, text: str) -> bool:
+        if self.min_digits and digit_count(text) < self.min_digits:
+            return False
+        return self.hint is None or self.hint.search(text) is not None
+
+
 def url_recognizer(supported_language: str = "en") -> PatternRecognizer:
-    return PatternRecognizer(
+    return ScreenedPatternRecognizer(
         "URL",
         name="UrlRecognizer",
         patterns=URL_PATTERNS,
         context=["url", "website", "link", "site"],
         supported_language=supported_language,
+        hint=_URL_HINT,
     )
 
 
@@ -189,14 +344,23 @@ DATE_PATTERNS = [
 ]
 
 
+# Every date pattern has a month's name (Jan..Dec or JAN..DEC, case-sensitive) or a digit, a
+# separator and a digit.
+_DATE_HINT = regex.compile(
+    r"\d[-/.]\d|Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC"
+)
+
+
 def date_recognizer(supported_language: str = "en") -> PatternRecognizer:
-    return PatternRecognizer(
+    return ScreenedPatternRecognizer(
         "DATE_TIME",
         name="DateRecognizer",
         patterns=DATE_PATTERNS,
         context=["date", "born", "birth", "dob"],
         supported_language=supported_language,
         global_regex_flags=CASE_SENSITIVE,
+        hint=_DATE_HINT,
+        min_digits=1,  # every pattern has a day or a year
     )
 
 
@@ -286,12 +450,32 @@ def _name_run(text: str, words: list[re.Match], i: int, max_tokens: int = 4) -> 
     return j
 
 
+# A word starting with a letter other than a-z (every known name does: see `_capitalised_names`), as
+# WORD reads words: a known name in the text is one of these, or the part of one before a hyphen.
+_CAPITALISED_WORD = re.compile(r"[^\W\d_a-z][^\W\d_]*(?:['’\-][^\W\d_]+)*")
+
+
+@lru_cache(maxsize=1)
+def _capitalised_names() -> bool:
+    names, ambiguous = load_names()
+    return all(name[0].isalpha() and not "a" <= name[0] <= "z" for name in names | ambiguous)
+
+
+def has_known_name(text: str, names: frozenset[str], ambiguous: frozenset[str]) -> bool:
+    """True if a word of `text` is, or starts with, a known name: what NameListRecognizer looks for."""
+    words = _CAPITALISED_WORD.findall(text) if _capitalised_names() else WORD.findall(text)
+    for word in words:
+        if word in names or word in ambiguous or ("-" in word and word.split("-")[0] in names):
+            return True
+    return False
+
+
 def _sentence_start(text: str, start: int) -> bool:
     before = text[:start].rstrip(" \t\"'(")
     return not before or before[-1] in ".!?\n:;"
 
 
-class NameListRecognizer(LocalRecognizer):
+class NameListRecognizer(Screened, LocalRecognizer):
     """A known name token plus the capitalised name tokens after it."""
 
     CONTEXT = [
@@ -329,7 +513,12 @@ class NameListRecognizer(LocalRecognizer):
     def load(self) -> None:
         self.names, self.ambiguous = load_names()
 
+    def could_match(self, text: str) -> bool:
+        return has_known_name(text, self.names, self.ambiguous)
+
     def analyze(self, text, entities, nlp_artifacts=None):
+        if not self.could_match(text):
+            return []
         words = _words(text)
         results, i = [], 0
         while i < len(words):
@@ -375,7 +564,14 @@ LIST_JOIN = re.compile(r"\s*(?:,|&|\band\b|;)\s*")
 EMAIL_AFTER = re.compile(r"\s*[<(][^\s<>()@]+@")
 
 
-class CuePersonRecognizer(LocalRecognizer):
+@lru_cache(maxsize=16)
+def _cues_before_capitals(text: str) -> tuple[re.Match, ...]:
+    """The cues a capitalised word follows: only those can come before a name (memoised: the
+    screen and `analyze` both ask)."""
+    return tuple(cue for cue in CUE.finditer(text) if text[cue.end()].isupper())
+
+
+class CuePersonRecognizer(Screened, LocalRecognizer):
     """Capitalised names after a title (Mr, Dr...), a role (patient, customer...) or a phrase (my name is,
     Dear, signed by...), names in lists after such a name, and names written before an e-mail address."""
 
@@ -387,11 +583,19 @@ class CuePersonRecognizer(LocalRecognizer):
     def load(self) -> None:
         self.names, self.ambiguous = load_names()
 
+    def could_match(self, text: str) -> bool:
+        return "@" in text or bool(_cues_before_capitals(text))
+
     def analyze(self, text, entities, nlp_artifacts=None):
+        # A name is name-like, so capitalised; a name before an e-mail address needs an "@".
+        cues = _cues_before_capitals(text)
+        email = "@" in text
+        if not cues and not email:
+            return []
         words = _words(text)
         by_start = {m.start(): k for k, m in enumerate(words)}
         results = []
-        for cue in CUE.finditer(text):
+        for cue in cues:
             i = by_start.get(cue.end())
             if i is None or not _name_like(words[i].group()):
                 continue
@@ -407,7 +611,7 @@ class CuePersonRecognizer(LocalRecognizer):
                 continue
             results.append(_result(self, words[i].start(), words[end - 1].end(), score))
             results += self._listed_after(text, words, by_start, end)
-        for i, word in enumerate(words):  # Name Surname <email> / (email)
+        for i, word in enumerate(words if email else ()):  # Name Surname <email> / (email)
             if _name_like(word.group()):
                 end = _name_run(text, words, i)
                 if end - i >= 2 and EMAIL_AFTER.match(text, words[end - 1].end()):
@@ -499,8 +703,11 @@ ID_CUES = [
 ]
 
 
-class IdCueRecognizer(LocalRecognizer):
+class IdCueRecognizer(DigitScreened, LocalRecognizer):
     """An ID number right after the name of the document it comes from ("passport no. A2345678")."""
+
+    MIN_DIGITS = 4
+    HINT = re.compile(r"passport|licen[cs]e|dl|account|acct", re.IGNORECASE)  # a word of each ID_CUES
 
     def __init__(self, supported_language: str = "en"):
         super().__init__(
@@ -513,6 +720,8 @@ class IdCueRecognizer(LocalRecognizer):
         pass
 
     def analyze(self, text, entities, nlp_artifacts=None):
+        if not self.could_match(text):
+            return []
         results = []
         for entity, pattern in ID_CUES:
             if entity not in entities:

@@ -29,7 +29,12 @@ from services.shared.process import Runtime
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata
 from services.shared.subjects import TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_PROGRESS
 from services.training import store
-from services.training.jobs import Hyperparameters, fine_tuned_model_id, resolve_hyperparameters
+from services.training.jobs import (
+    Hyperparameters,
+    ResolvedHyperparameters,
+    fine_tuned_model_id,
+    resolve_hyperparameters,
+)
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
@@ -182,7 +187,8 @@ class JobSupervisor:
             "base_model": job.model,
             "train_path": train_path,
             "validation_path": validation_path,
-            "hyperparameters": json.loads(job.hyperparameters)["resolved"],
+            "hyperparameters": {**json.loads(job.hyperparameters)["resolved"],
+                                "learning_rate": ResolvedHyperparameters(**json.loads(job.hyperparameters)["resolved"]).learning_rate},
             "method": json.loads(job.method),
             "seed": job.seed,
             "job_dir": str(job_dir),
@@ -243,6 +249,9 @@ class JobSupervisor:
                         job_id=job.id, step=int(message.get("step", 0)), total_steps=int(message.get("total_steps", 0)),
                         train_loss=float(message.get("train_loss", 0.0)),
                         tokens_per_second=float(message.get("tokens_per_second", 0.0))))
+                return False
+            if kind == "message":
+                await store.add_event(session, job.id, message.get("message", ""), level=message.get("level", "info"))
                 return False
             if kind == "checkpoint":
                 await store.add_checkpoint(session, job.id, step=int(message["step"]), epoch=int(message["epoch"]),

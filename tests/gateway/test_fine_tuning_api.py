@@ -75,3 +75,57 @@ def test_unknown_jobs_are_404(client):
         client.fine_tuning.jobs.retrieve("ftjob-nope")
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.cancel("ftjob-nope")
+
+
+def _task_file(client, n=24):
+    """A narrow generated task the tiny model can learn: answer the colour of a numbered item."""
+    colours = ["red", "blue", "green"]
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"What colour is item {i}?"},
+                                      {"role": "assistant", "content": colours[i % 3]}]}) for i in range(n)]
+    return client.files.create(file=("task.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
+
+
+def test_the_sdk_runs_a_job_to_success_with_events_checkpoints_and_a_model(client, stack, tiny_model_dir):
+    file = _task_file(client)
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id, suffix="colours", seed=3,
+                                         hyperparameters={"n_epochs": 2, "batch_size": 4,
+                                                          "learning_rate_multiplier": 10})
+    job = _wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:{TINY_MODEL_ID}:default:colours:{job.id}"
+    assert job.trained_tokens > 0 and job.hyperparameters.n_epochs == 2
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    losses = [e.data["train_loss"] for e in reversed(events) if e.type == "metrics" and e.data and "train_loss" in e.data]
+    assert len(losses) >= 4 and losses[-1] < losses[0]
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == sorted((c.step_number for c in checkpoints), reverse=True)
+    assert len(checkpoints) == 2 and {"train_loss", "valid_loss"} <= set(checkpoints[0].metrics.model_dump(exclude_none=True))
+    assert job.fine_tuned_model in [m.id for m in client.models.list()]
+
+    # until serving lands, the adapter loads with peft and generates
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = stack.data_dir / "models" / "adapters" / job.id
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What colour is item 4?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert output.shape[1] > prompt["input_ids"].shape[1]
+
+    assert client.models.delete(job.fine_tuned_model).deleted
+    assert job.fine_tuned_model not in [m.id for m in client.models.list()]
+
+
+def test_cancel_stops_the_job(client):
+    file = _task_file(client, n=60)
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id,
+                                         hyperparameters={"n_epochs": 50, "batch_size": 1})
+    _wait(client, job.id, statuses=("running",))
+    cancelled = client.fine_tuning.jobs.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    time.sleep(1)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # idempotent

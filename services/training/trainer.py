@@ -1,0 +1,465 @@
+"""Supervised LoRA fine-tuning on a CPU: the loss on the assistant's tokens only, seeded, resumable.
+
+    trainer = Trainer(TrainConfig(n_epochs=3, batch_size=8, learning_rate=2e-4), (model, tokenizer),
+                      train_examples, valid_examples, output_dir=run_dir, base_model_id="smollm2-135m-instruct")
+    trainer.setup()
+    result = trainer.train(on_event=print)   # result.adapter_dir holds the adapter to serve
+
+After each epoch a checkpoint (a servable adapter plus the optimizer, scheduler and RNG states) is
+written to `output_dir/checkpoints/epoch-N`; `resume_from` continues from one exactly as if the
+run had never stopped. The final adapter has the weights of the epoch with the lowest validation
+loss (the last epoch when there is no validation set) and carries the tokenizer and chat template
+it was trained with, so serving renders prompts the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from services.shared.errors import InvalidArgument
+from services.training.batching import (
+    EncodedExample,
+    collate,
+    encode_dataset,
+    length_grouped_batches,
+    micro_batches,
+)
+from services.training.lora import labelled_loss, wrap_with_lora
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from services.dataprep.examples import Example
+
+    ModelPair = tuple[PreTrainedModel, PreTrainedTokenizerBase]
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_DEFAULT_LENGTH = 2048
+ADAPTER_MANIFEST = "tuneloop-adapter.json"
+STATE_JSON = "trainer_state.json"
+STATE_TENSORS = "trainer_state.pt"
+BEST_WEIGHTS = "best_adapter.safetensors"
+# Fields a resumed run may change; any other difference would make it a different run.
+RESUMABLE_CHANGES = {"early_stopping_patience", "num_threads"}
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls that are faster than float32 ones, not emulated."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, not hyper-threads: one matmul thread per core is fastest."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_core = 0
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
+        for part in siblings.split(","):  # "0,8" or "0-1"
+            first, _, last = part.partition("-")
+            per_core += int(last) - int(first) + 1 if last else 1
+    except (OSError, ValueError):
+        per_core = 1
+    return max(1, logical // max(1, per_core))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    n_epochs: int = 3
+    batch_size: int = 8
+    # Resolved by the caller: OpenAI's learning_rate_multiplier times the base model's base rate.
+    learning_rate: float = 2e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    # Tokens per example; None: the model's context, at most 2048.
+    max_length: int | None = None
+    seed: int = 0
+    # Epochs without a lower validation loss before stopping; None: never stop early.
+    early_stopping_patience: int | None = None
+    # bf16 base weights and autocast; None: on where the CPU has native bf16 (AVX512-BF16 / AMX).
+    bf16: bool | None = None
+    # A batch is run as micro-batches of at most this many (padded) tokens, gradients summed:
+    # bounds activation memory whatever batch_size is, and changes no result.
+    max_tokens_per_microbatch: int = 512
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    # None: one per physical core.
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        problems = [(name, message) for name, ok, message in self._checks() if not ok]
+        if problems:
+            raise InvalidArgument("; ".join(f"{name}: {message}" for name, message in problems), param=problems[0][0])
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        def integer(value: Any, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+        return [
+            ("n_epochs", integer(self.n_epochs, 1), f"must be an integer >= 1, got {self.n_epochs!r}"),
+            ("batch_size", integer(self.batch_size, 1), f"must be an integer >= 1, got {self.batch_size!r}"),
+            ("learning_rate", number(self.learning_rate) and self.learning_rate > 0,
+             f"must be a positive number, got {self.learning_rate!r}"),
+            ("lora_r", integer(self.lora_r, 1), f"must be an integer >= 1, got {self.lora_r!r}"),
+            ("lora_alpha", number(self.lora_alpha) and self.lora_alpha > 0,
+             f"must be a positive number, got {self.lora_alpha!r}"),
+            ("lora_dropout", number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
+             f"must be in [0, 1), got {self.lora_dropout!r}"),
+            ("target_modules", bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules)
+             and not {"lm_head", "embed_tokens"} & set(self.target_modules),
+             f"must be names of linear layers other than lm_head/embed_tokens, got {list(self.target_modules)!r}"),
+            ("max_length", self.max_length is None or integer(self.max_length, 2),
+             f"must be an integer >= 2 or None, got {self.max_length!r}"),
+            ("seed", integer(self.seed, 0) and self.seed < 2**32, f"must be an integer in [0, 2**32), got {self.seed!r}"),
+            ("early_stopping_patience", self.early_stopping_patience is None or integer(self.early_stopping_patience, 1),
+             f"must be an integer >= 1 or None, got {self.early_stopping_patience!r}"),
+            ("bf16", self.bf16 is None or isinstance(self.bf16, bool), f"must be true, false or None, got {self.bf16!r}"),
+            ("max_tokens_per_microbatch", integer(self.max_tokens_per_microbatch, 1),
+             f"must be an integer >= 1, got {self.max_tokens_per_microbatch!r}"),
+            ("warmup_ratio", number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1,
+             f"must be in [0, 1), got {self.warmup_ratio!r}"),
+            ("weight_decay", number(self.weight_decay) and self.weight_decay >= 0,
+             f"must be a number >= 0, got {self.weight_decay!r}"),
+            ("max_grad_norm", self.max_grad_norm is None or (number(self.max_grad_norm) and self.max_grad_norm > 0),
+             f"must be a positive number or None, got {self.max_grad_norm!r}"),
+            ("num_threads", self.num_threads is None or integer(self.num_threads, 1),
+             f"must be an integer >= 1 or None, got {self.num_threads!r}"),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "target_modules": list(self.target_modules)}
+
+
+@dataclass
+class TrainState:
+    """Counters that make a resumed run continue exactly where the checkpoint left it."""
+
+    epochs_completed: int = 0
+    step: int = 0
+    trained_tokens: int = 0
+    best_valid_loss: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    data_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    status: str  # "succeeded", "early_stopped" or "cancelled"
+    epochs_completed: int
+    steps: int
+    trained_tokens: int
+    adapter_dir: Path | None
+    best_epoch: int | None
+    metrics: dict[str, Any]
+    dropped_examples: int
+
+
+def _linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _data_fingerprint(examples: Sequence[EncodedExample]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    return digest.hexdigest()
+
+
+class Trainer:
+    """One supervised LoRA run: `setup()`, optionally `resume_from()`, then `train()`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: ModelPair | Callable[[torch.dtype], ModelPair],
+        train_examples: Sequence[Example | Mapping[str, Any] | Sequence[Mapping[str, Any]]],
+        valid_examples: Sequence[Example | Mapping[str, Any] | Sequence[Mapping[str, Any]]] = (),
+        *,
+        output_dir: Path,
+        base_model_id: str,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ):
+        if config.early_stopping_patience is not None and not valid_examples:
+            raise InvalidArgument("early stopping needs a validation set", param="early_stopping_patience")
+        self.config = config
+        self._model_source = model
+        self._raw_train, self._raw_valid = train_examples, valid_examples
+        self.output_dir = Path(output_dir)
+        self.base_model_id = base_model_id
+        self._cancel = cancel
+        self.model: Any = None
+        self.state = TrainState()
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        config = self.config
+        bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+        torch.set_num_threads(config.num_threads or physical_cores())
+        if callable(self._model_source):
+            model, tokenizer = self._model_source(torch.bfloat16 if bf16 else torch.float32)
+        else:
+            model, tokenizer = self._model_source
+        if not tokenizer.chat_template:
+            raise InvalidArgument("the base model's tokenizer has no chat template", param="model")
+        context = getattr(model.config, "max_position_embeddings", None) or MAX_DEFAULT_LENGTH
+        self.config = config = replace(config, bf16=bf16, max_length=config.max_length or min(context, MAX_DEFAULT_LENGTH))
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.train_data, self.dropped = encode_dataset(tokenizer, self._raw_train, config.max_length)
+        self.valid_data, dropped_valid = encode_dataset(tokenizer, self._raw_valid, config.max_length, "validation_file")
+        self.dropped += dropped_valid
+        self.state = TrainState(data_sha256=_data_fingerprint(self.train_data + self.valid_data))
+
+        torch.manual_seed(config.seed)  # LoRA's A matrices, then dropout masks
+        self.model = wrap_with_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                    target_modules=config.target_modules, bf16=bf16)
+        self.model.peft_config["default"].base_model_name_or_path = self.base_model_id
+        self.model.train()
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.n_epochs
+        warmup = round(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_warmup_decay(warmup, self.total_steps))
+        self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def _require_setup(self) -> None:
+        if self.model is None:
+            raise RuntimeError("call Trainer.setup() first")
+
+    # ---- training --------------------------------------------------------------------------
+
+    def train(self, on_event: EventSink | None = None) -> TrainResult:
+        self._require_setup()
+        emit = on_event or (lambda event: None)
+        config, state = self.config, self.state
+        if self.dropped:
+            emit({"type": "message", "level": "warn",
+                  "message": f"{self.dropped} examples have no assistant token within {config.max_length} tokens; skipped"})
+        lengths = [len(example) for example in self.train_data]
+        run_tokens, run_seconds, run_steps = 0, 0.0, 0
+        status = "succeeded"
+        for epoch in range(state.epochs_completed, config.n_epochs):
+            for batch in length_grouped_batches(lengths, config.batch_size, config.seed, epoch):
+                if self._cancelled():
+                    status = "cancelled"
+                    break
+                started = time.perf_counter()
+                loss, accuracy, tokens = self._train_step(batch, lengths)
+                run_seconds += time.perf_counter() - started
+                run_tokens += tokens
+                run_steps += 1
+                state.step += 1
+                state.trained_tokens += tokens
+                emit({"type": "step", "step": state.step, "epoch": epoch + 1, "total_steps": self.total_steps,
+                      "train_loss": loss, "train_mean_token_accuracy": accuracy,
+                      "tokens_per_second": run_tokens / run_seconds,
+                      "eta_seconds": (self.total_steps - state.step) * run_seconds / run_steps})
+            if status == "cancelled":
+                break
+            metrics = self._end_epoch(epoch)
+            checkpoint = self.save_checkpoint(self.output_dir / "checkpoints" / f"epoch-{epoch + 1}")
+            emit({"type": "epoch", "epoch": epoch + 1, "step": state.step, **metrics, "checkpoint": str(checkpoint)})
+            patience = config.early_stopping_patience
+            if patience is not None and state.epochs_without_improvement >= patience:
+                status = "early_stopped" if epoch + 1 < config.n_epochs else status
+                break
+        adapter_dir = None
+        if status != "cancelled":
+            if self._best_weights is not None and state.best_epoch != state.epochs_completed:
+                self._load_weights(self._best_weights)
+            adapter_dir = self.save_adapter(self.output_dir / "adapter")
+        return TrainResult(status, state.epochs_completed, state.step, state.trained_tokens, adapter_dir,
+                           state.best_epoch, state.history[-1] if state.history else {}, self.dropped)
+
+    def _cancelled(self) -> bool:
+        if self._cancel is None:
+            return False
+        if isinstance(self._cancel, threading.Event):
+            return self._cancel.is_set()
+        return bool(self._cancel())
+
+    def _train_step(self, batch: list[int], lengths: list[int]) -> tuple[float, float, int]:
+        """One optimizer step over a batch, run as micro-batches whose summed losses are divided by
+        the batch's label count, so the gradient is the whole batch's."""
+        examples = self.train_data
+        n_labels = sum(examples[i].n_targets for i in batch)
+        loss_total, correct_total, tokens = 0.0, 0, 0
+        for part in micro_batches(batch, lengths, self.config.max_tokens_per_microbatch):
+            inputs = self._collate(part, examples)
+            loss_sum, correct, _ = labelled_loss(self.model, inputs, self.config.bf16)
+            (loss_sum / n_labels).backward()
+            loss_total += loss_sum.item()
+            correct_total += int(correct)
+            tokens += sum(len(examples[i]) for i in part)
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_total / n_labels, correct_total / n_labels, tokens
+
+    def _collate(self, part: list[int], examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor | None]:
+        return collate([examples[i] for i in part], self.pad_id)
+
+    def evaluate(self) -> dict[str, float | None]:
+        """Validation loss and token accuracy: on one batch (OpenAI's `valid_*`, the first
+        batch_size validation examples, the same every epoch) and on the whole set (`full_valid_*`)."""
+        self._require_setup()
+        if not self.valid_data:
+            return {"valid_loss": None, "valid_mean_token_accuracy": None,
+                    "full_valid_loss": None, "full_valid_mean_token_accuracy": None}
+        lengths = [len(example) for example in self.valid_data]
+        sample = list(range(min(self.config.batch_size, len(self.valid_data))))
+        rest = list(range(len(sample), len(self.valid_data)))
+        sums = []
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for indices in (sample, rest):
+                    loss, correct, count = 0.0, 0, 0
+                    for part in micro_batches(indices, lengths, self.config.max_tokens_per_microbatch):
+                        loss_sum, part_correct, part_count = labelled_loss(
+                            self.model, self._collate(part, self.valid_data), self.config.bf16)
+                        loss, correct, count = loss + loss_sum.item(), correct + int(part_correct), count + part_count
+                    sums.append((loss, correct, count))
+        finally:
+            self.model.train()
+        (s_loss, s_correct, s_count), (r_loss, r_correct, r_count) = sums
+        total = s_count + r_count
+        return {"valid_loss": s_loss / s_count, "valid_mean_token_accuracy": s_correct / s_count,
+                "full_valid_loss": (s_loss + r_loss) / total,
+                "full_valid_mean_token_accuracy": (s_correct + r_correct) / total}
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        state = self.state
+        metrics = self.evaluate()
+        state.epochs_completed = epoch + 1
+        valid = metrics["full_valid_loss"]
+        if valid is None or state.best_valid_loss is None or valid < state.best_valid_loss:
+            state.best_valid_loss, state.best_epoch = valid, epoch + 1
+            state.epochs_without_improvement = 0
+            self._best_weights = {name: t.detach().clone() for name, t in self._adapter_weights().items()}
+        else:
+            state.epochs_without_improvement += 1
+        state.history.append({"epoch": epoch + 1, "step": state.step, **metrics})
+        return metrics
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def _adapter_weights(self) -> dict[str, torch.Tensor]:
+        from peft.utils import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(self.model, save_embedding_layers=False)
+
+    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, weights)
+        if result.unexpected_keys:
+            raise InvalidArgument(f"adapter weights do not fit this model: {result.unexpected_keys[:3]}",
+                                  param="checkpoint")
+
+    def save_adapter(self, directory: Path) -> Path:
+        """A servable adapter: peft's files (safetensors), the tokenizer with its chat template,
+        and `tuneloop-adapter.json` saying what it was trained from and how well it did."""
+        self._require_setup()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+        self.tokenizer.save_pretrained(str(directory))
+        template = self.tokenizer.chat_template
+        manifest = {
+            "format": 1,
+            "base_model": self.base_model_id,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
+            "train_config": self.config.to_dict(),
+            "epochs_completed": self.state.epochs_completed,
+            "step": self.state.step,
+            "trained_tokens": self.state.trained_tokens,
+            "best_epoch": self.state.best_epoch,
+            "metrics": self.state.history[-1] if self.state.history else {},
+            "history": self.state.history,
+        }
+        (directory / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        return directory
+
+    def save_checkpoint(self, directory: Path) -> Path:
+        """The adapter plus everything `resume_from` needs, written to a temporary directory and
+        renamed into place, so a crash never leaves a half-written checkpoint under the name."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.save_adapter(tmp)
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / STATE_TENSORS)
+        if self._best_weights is not None and self.state.best_epoch != self.state.epochs_completed:
+            save_file({k: v.contiguous() for k, v in self._best_weights.items()}, str(tmp / BEST_WEIGHTS))
+        (tmp / STATE_JSON).write_text(json.dumps({"config": self.config.to_dict(), "state": asdict(self.state)}, indent=2))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+        return directory
+
+    def resume_from(self, directory: Path) -> None:
+        """Continue from a checkpoint of the same run (same data and settings), after `setup()`."""
+        from safetensors.torch import load_file
+
+        self._require_setup()
+        directory = Path(directory)
+        if not (directory / STATE_JSON).is_file():
+            raise InvalidArgument(f"{directory} is not a training checkpoint", param="checkpoint")
+        saved = json.loads((directory / STATE_JSON).read_text())
+        ours = self.config.to_dict()
+        changed = sorted(k for k in ours if k not in RESUMABLE_CHANGES and saved["config"].get(k) != ours[k])
+        if changed:
+            raise InvalidArgument(f"checkpoint was made with different settings: {changed}", param="checkpoint")
+        state = TrainState(**saved["state"])
+        if state.data_sha256 != self.state.data_sha256:
+            raise InvalidArgument("checkpoint was made from different training data", param="checkpoint")
+        self._load_weights(load_file(str(directory / "adapter_model.safetensors")))
+        # weights_only: our own dicts of tensors and numbers; never unpickle arbitrary objects.
+        blob = torch.load(directory / STATE_TENSORS, weights_only=True)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["torch_rng"])
+        self.state = state
+        if (directory / BEST_WEIGHTS).is_file():
+            self._best_weights = load_file(str(directory / BEST_WEIGHTS))
+        elif state.best_epoch is not None:
+            self._best_weights = {name: t.detach().clone() for name, t in self._adapter_weights().items()}
+
+    def cleanup(self) -> None:
+        """Drop the model and optimizer so their memory can go before the process does."""
+        self.model = None
+        self.optimizer = None
+        self._best_weights = None
