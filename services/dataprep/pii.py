@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import spacy
+from spacy.attrs import IDX, LOWER
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
@@ -164,11 +165,14 @@ class _TokenizerEngine(SpacyNlpEngine):
         self.nlp = {"en": spacy.blank("en")}
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
+        # Each token's offset and lower-case form, read as arrays: no Token object per token.
+        columns = doc.to_array([IDX, LOWER]).tolist() if len(doc) else []
+        strings = doc.vocab.strings
         return NlpArtifacts(
             entities=[],
             tokens=doc,
-            tokens_indices=[token.idx for token in doc],
-            lemmas=[token.lower_ for token in doc],
+            tokens_indices=[idx for idx, _ in columns],
+            lemmas=[strings[lower] for _, lower in columns],
             nlp_engine=self,
             language=language,
             scores=[],

@@ -129,3 +129,29 @@ def test_cancel_stops_the_job(client):
     time.sleep(1)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # idempotent
+
+
+def test_a_killed_training_service_resumes_the_job_from_its_last_checkpoint(client, stack):
+    import signal
+
+    file = _task_file(client, n=90)
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id,
+                                         hyperparameters={"n_epochs": 4, "batch_size": 2})
+    deadline = time.monotonic() + 120
+    while not list(client.fine_tuning.jobs.checkpoints.list(job.id)):
+        assert time.monotonic() < deadline, "no checkpoint written"
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
+        time.sleep(0.2)
+    service = next(p for p in stack.children() if "services.training" in " ".join(p.cmdline()))
+    trainers = [p for p in service.children(recursive=True) if "job_process" in " ".join(p.cmdline())]
+    service.send_signal(signal.SIGKILL)
+    service.wait(10)
+    for trainer in trainers:  # the training run dies with its service
+        trainer.wait(10)
+    job = _wait(client, job.id, timeout=240)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any("queued again" in m for m in messages)
+    assert any("resumed from the checkpoint of epoch" in m for m in messages)
+    steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert len(steps) == 4 and steps == sorted(set(steps), reverse=True)
