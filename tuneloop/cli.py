@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.shared.settings import Settings
-from tuneloop import data_commands
+from tuneloop import data_commands, train_commands
 from tuneloop.launcher import LaunchConfig, Stack, StartupAborted
 
 app = typer.Typer(help="tuneloop: fine-tune an open LLM on your domain, prove it, serve it, keep improving it.",
@@ -21,6 +21,7 @@ app = typer.Typer(help="tuneloop: fine-tune an open LLM on your domain, prove it
 models_app = typer.Typer(help="Base models in the local model store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_commands.app, name="data")
+app.add_typer(train_commands.app, name="train")
 console = Console()
 
 DataDirOption = Annotated[

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import phonenumbers
 import regex
+from phonenumbers import phonenumberutil
 import tldextract
 from presidio_analyzer import (
     AnalysisExplanation,
@@ -175,12 +176,28 @@ def _shortest_international_number() -> int:
     return shortest
 
 
+# python-phonenumbers' candidates (its matcher's _PATTERN, read with its flags): digit blocks joined by
+# at most four punctuation characters, before an optional extension. Without the pattern's limits on
+# block counts, a run of this covers every candidate's number part, so holds every digit of a number
+# found in it (country code, national prefix and national number: letters never become digits in a
+# valid match, see PhoneNumberMatcher's check of "x" characters).
+_PHONE_RUN = re.compile(
+    r"\d(?:[" + phonenumberutil._VALID_PUNCTUATION + r"]{0,4}\d)*", re.UNICODE | re.IGNORECASE
+)
+
+
+@lru_cache(maxsize=16)
+def phone_digits(text: str) -> int:
+    """The most digits in one run of text python-phonenumbers could read as a number (memoised)."""
+    return max((sum(map(str.isdecimal, run)) for run in _PHONE_RUN.findall(text)), default=0)
+
+
 class ValidPhoneRecognizer(Screened, PhoneRecognizer):
     """Numbers python-phonenumbers finds valid for some region: strong enough on their own.
 
-    A region's matcher only runs on a text with as many digits as the shortest valid number it can
-    find: the region's shortest national number, or the shortest one written with a country code
-    (6 digits: +43 / +49 and 4), whichever is shorter."""
+    A region's matcher only runs on a text with a run of digits (see `phone_digits`) as long as the
+    shortest valid number it can find: the region's shortest national number, or the shortest one
+    written with a country code (6 digits: +43 / +49 and 4), whichever is shorter."""
 
     SCORE = 0.6
     # Numbers written with +country code match in any region; these decide how national numbers are
@@ -201,10 +218,12 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
         }
 
     def could_match(self, text: str) -> bool:
-        return digit_count(text) >= min(self.min_digits.values())
+        return digit_count(text) >= min(self.min_digits.values()) and phone_digits(text) >= min(
+            self.min_digits.values()
+        )
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        digits = digit_count(text)
+        digits = phone_digits(text) if digit_count(text) >= min(self.min_digits.values()) else 0
         results = []
         # PhoneRecognizer.analyze, for the regions whose numbers fit in the text's digits.
         for region in self.supported_regions:

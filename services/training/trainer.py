@@ -244,7 +244,8 @@ class Trainer:
         self.model.peft_config["default"].base_model_name_or_path = self.base_model_id
         self.model.train()
         self._params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           foreach=True)
         self.steps_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.n_epochs
         warmup = round(config.warmup_ratio * self.total_steps)

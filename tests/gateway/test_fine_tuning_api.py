@@ -155,3 +155,29 @@ def test_a_killed_training_service_resumes_the_job_from_its_last_checkpoint(clie
     assert any("resumed from the checkpoint of epoch" in m for m in messages)
     steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
     assert len(steps) == 4 and steps == sorted(set(steps), reverse=True)
+
+
+def test_cli_trains_lists_and_prints_events(stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import ROOT
+
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"item {i}?"},
+                                                     {"role": "assistant", "content": "red"}]}) + "\n" for i in range(20)))
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="200")
+
+    def tuneloop(*args):
+        return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True,
+                              timeout=300, cwd=ROOT, env=env)
+
+    created = tuneloop("train", "create", str(data), "--model", TINY_MODEL_ID, "--epochs", "1", "--suffix", "cli")
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert "succeeded" in created.stdout and f"ft:{TINY_MODEL_ID}:default:cli:" in created.stdout
+    job_id = created.stdout.split("created ")[1].split()[0]
+    listed = tuneloop("train", "list")
+    assert listed.returncode == 0 and job_id in listed.stdout
+    events = tuneloop("train", "events", job_id, "--follow")
+    assert events.returncode == 0 and "successfully completed" in events.stdout

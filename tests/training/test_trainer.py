@@ -255,6 +255,7 @@ def test_saved_adapter_loads_with_peft_and_generates(tiny_model_dir, tmp_path):
     output = model.generate(**prompt, max_new_tokens=4, do_sample=False)
     assert output.shape[1] > prompt["input_ids"].shape[1]
     ids = torch.tensor([trainer.valid_data[0].input_ids])
+    trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, trainer.model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 

@@ -1,0 +1,139 @@
+"""`tuneloop train ...`: fine-tuning jobs from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tuneloop.api import Api, ApiError
+
+app = typer.Typer(help="Fine-tuning jobs: create, list, follow.", no_args_is_help=True)
+console = Console()
+FINISHED = ("succeeded", "failed", "cancelled")
+
+UrlOption = Annotated[str | None, typer.Option(help="The gateway [default: $TUNELOOP_URL or http://127.0.0.1:8000]")]
+KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key [default: $TUNELOOP_API_KEY]")]
+
+
+def _api(url: str | None, api_key: str | None) -> Api:
+    try:
+        return Api(url, api_key)
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("create")
+def create(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="Training data (JSONL)")],
+    model: Annotated[str, typer.Option(help="Base model")] = "smollm2-135m-instruct",
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: auto]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: auto]")] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(help="[default: auto]")] = None,
+    suffix: Annotated[str | None, typer.Option(help="Part of the fine-tuned model's name")] = None,
+    validation_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    follow: Annotated[bool, typer.Option(help="Wait for the job and show its progress")] = True,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Upload FILE and start a fine-tuning job on it."""
+    api = _api(url, api_key)
+    try:
+        with console.status(f"uploading {file.name}"):
+            training_file = api.upload(file)["id"]
+            validation = api.upload(validation_file)["id"] if validation_file else None
+        body: dict = {"model": model, "training_file": training_file}
+        hyperparameters = {k: v for k, v in (("n_epochs", epochs), ("batch_size", batch_size),
+                                              ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
+        if hyperparameters:
+            body["hyperparameters"] = hyperparameters
+        for name, value in (("suffix", suffix), ("validation_file", validation), ("seed", seed)):
+            if value is not None:
+                body[name] = value
+        job = api.post("/v1/fine_tuning/jobs", json=body)
+        console.print(f"created [bold]{job['id']}[/bold] ({job['status']})")
+        if follow:
+            job = _follow(api, job["id"])
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if job["status"] in ("failed", "cancelled"):
+        raise typer.Exit(1)
+
+
+def _follow(api: Api, job_id: str) -> dict:
+    """A progress bar over the job's steps, with the latest loss, until it finishes."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[loss]}")]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(job_id, total=None, loss="")
+        while True:
+            job = api.get(f"/v1/fine_tuning/jobs/{job_id}")
+            events = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 1})["data"]
+            data = events[0].get("data") or {} if events else {}
+            if "total_steps" in data:
+                progress.update(task, total=data["total_steps"], completed=data["step"],
+                                loss=f"loss {data['train_loss']:.4f}", description=f"{job_id} {job['status']}")
+            else:
+                progress.update(task, description=f"{job_id} {job['status']}")
+            if job["status"] in FINISHED:
+                break
+            time.sleep(1)
+    if job["status"] == "succeeded":
+        console.print(f"[green]succeeded[/green]: {job['fine_tuned_model']} ({job['trained_tokens']} tokens trained)")
+    else:
+        error = job.get("error") or {}
+        console.print(f"[red]{job['status']}[/red]: {error.get('message', '')}")
+    return job
+
+
+@app.command("list")
+def list_jobs(limit: int = 20, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """List fine-tuning jobs, newest first."""
+    api = _api(url, api_key)
+    try:
+        jobs = api.get("/v1/fine_tuning/jobs", params={"limit": limit})["data"]
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    table = Table()
+    for column in ("id", "status", "model", "fine-tuned model", "created"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(job["id"], job["status"], job["model"], job["fine_tuned_model"] or "",
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created_at"])))
+    console.print(table)
+
+
+@app.command("events")
+def events(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events until the job ends")] = False,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Print a job's events, oldest first."""
+    api = _api(url, api_key)
+    seen: set[str] = set()
+    try:
+        while True:
+            batch = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100})["data"]
+            for event in reversed(batch):
+                if event["id"] not in seen:
+                    seen.add(event["id"])
+                    stamp = time.strftime("%H:%M:%S", time.localtime(event["created_at"]))
+                    colour = {"error": "red", "warn": "yellow"}.get(event["level"], "white")
+                    console.print(f"{stamp} [{colour}]{event['level']:5}[/{colour}] {event['message']}")
+            if not follow or api.get(f"/v1/fine_tuning/jobs/{job_id}")["status"] in FINISHED:
+                break
+            time.sleep(1)
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
