@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import spacy
-from spacy.attrs import IDX, LOWER
+from spacy.attrs import IDX, LOWER, ORTH
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
@@ -165,14 +165,15 @@ class _TokenizerEngine(SpacyNlpEngine):
         self.nlp = {"en": spacy.blank("en")}
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
-        # Each token's offset and lower-case form, read as arrays: no Token object per token.
-        columns = doc.to_array([IDX, LOWER]).tolist() if len(doc) else []
+        # Each token's text, offset and lower-case form, read as arrays: no Token object per token.
+        # Only context enhancement reads them, and a token's text serves it as well as the Token.
+        columns = doc.to_array([ORTH, IDX, LOWER]).tolist() if len(doc) else []
         strings = doc.vocab.strings
         return NlpArtifacts(
             entities=[],
-            tokens=doc,
-            tokens_indices=[idx for idx, _ in columns],
-            lemmas=[strings[lower] for _, lower in columns],
+            tokens=[strings[orth] for orth, _, _ in columns],
+            tokens_indices=[idx for _, idx, _ in columns],
+            lemmas=[strings[lower] for _, _, lower in columns],
             nlp_engine=self,
             language=language,
             scores=[],

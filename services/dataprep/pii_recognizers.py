@@ -583,10 +583,40 @@ LIST_JOIN = re.compile(r"\s*(?:,|&|\band\b|;)\s*")
 EMAIL_AFTER = re.compile(r"\s*[<(][^\s<>()@]+@")
 
 
+# Every word of the cue patterns, lower-cased ("[Pp]atient" -> "patient"; a few letters of regex
+# syntax come along, which only makes the screen below pass more often).
+_CUE_WORDS = frozenset(
+    word.lower()
+    for word in re.findall(
+        r"[A-Za-z]+",
+        re.sub(r"\\[A-Za-z]", " ", re.sub(r"\[([A-Za-z])[A-Za-z]\]", r"\1", TITLES + ROLES + PHRASES)),
+    )
+)
+# Between a cue's last word and the name after it there are only these characters (a title's dot,
+# a phrase's colon, the separators of CUE), at least one of them; the name starts with a capital.
+_BEFORE_CAPITAL = re.compile(r"[.\s,:\-]+(?=[^\W\d_a-z])")
+_LAST_LETTERS = re.compile(r"[^\W\d_]+\Z")
+_LONGEST_CUE_WORD = max(map(len, _CUE_WORDS))
+
+
+def _may_have_cue_before_capital(text: str) -> bool:
+    """False only if no CUE match in `text` is followed by a capital: no word before a capital (and
+    separators) is a word of the cue patterns. Several times faster than scanning with CUE."""
+    for separators in _BEFORE_CAPITAL.finditer(text):
+        end = separators.start()
+        # One letter more than the longest cue word: a longer run of letters is not a cue word.
+        word = _LAST_LETTERS.search(text, max(0, end - _LONGEST_CUE_WORD - 1), end)
+        if word is not None and word.group().lower() in _CUE_WORDS:
+            return True
+    return False
+
+
 @lru_cache(maxsize=16)
 def _cues_before_capitals(text: str) -> tuple[re.Match, ...]:
     """The cues a capitalised word follows: only those can come before a name (memoised: the
     screen and `analyze` both ask)."""
+    if not _may_have_cue_before_capital(text):
+        return ()
     return tuple(cue for cue in CUE.finditer(text) if text[cue.end()].isupper())
 
 

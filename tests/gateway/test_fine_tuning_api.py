@@ -181,3 +181,34 @@ def test_cli_trains_lists_and_prints_events(stack, tmp_path):
     assert listed.returncode == 0 and job_id in listed.stdout
     events = tuneloop("train", "events", job_id, "--follow")
     assert events.returncode == 0 and "successfully completed" in events.stdout
+
+
+def test_readme_fine_tuning_examples_work(stack, tmp_path):
+    """The README's CLI line and SDK snippet, run as written (the tiny model stands in for SmolLM2)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url)
+    for command in re.findall(r"^(\.venv/bin/tuneloop train .+)$", readme, flags=re.MULTILINE):
+        result = subprocess.run([sys.executable, "-m", "tuneloop", *command.split()[1:], "--model", TINY_MODEL_ID],
+                                capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+        assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+    snippet = re.search(r"```python\n(.+?)```", readme, flags=re.DOTALL).group(1)
+    snippet = snippet.replace("http://localhost:8000/v1", f"{stack.url}/v1").replace(
+        '"smollm2-135m-instruct"', f'"{TINY_MODEL_ID}"')
+    (tmp_path / "train.jsonl").write_bytes((ROOT / "tuneloop" / "samples" / "support_clean.jsonl").read_bytes())
+    namespace = {"TUNELOOP_API_KEY": API_KEY}
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    finally:
+        os.chdir(cwd)
+    assert namespace["job"].status == "validating_files"
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY)
+    assert _wait(client, namespace["job"].id, timeout=300).status == "succeeded"
