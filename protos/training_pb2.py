@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/training.proto\x12\x0btuneloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x87\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x11\n\tavailable\x18\x06 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.tuneloop.v1.Model\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.tuneloop.v1.Model\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"@\n\x13HyperparameterValue\x12\x0e\n\x04\x61uto\x18\x01 \x01(\x08H\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"\xbf\x01\n\x0fHyperparameters\x12\x32\n\x08n_epochs\x18\x01 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\x12\x34\n\nbatch_size\x18\x02 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\x12\x42\n\x18learning_rate_multiplier\x18\x03 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\"\xa8\x01\n\x06Method\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x35\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x0e\n\x06lora_r\x18\x03 \x01(\x05\x12\x12\n\nlora_alpha\x18\x04 \x01(\x05\x12\x14\n\x0clora_dropout\x18\x05 \x01(\x01\x12\x1f\n\x17\x65\x61rly_stopping_patience\x18\x06 \x01(\x05\"8\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\x8e\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x03\x12\x18\n\x10\x66ine_tuned_model\x18\x06 \x01(\t\x12\x15\n\rtraining_file\x18\x07 \x01(\t\x12\x17\n\x0fvalidation_file\x18\x08 \x01(\t\x12\x35\n\x0fhyperparameters\x18\t \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x16\n\x0etrained_tokens\x18\n \x01(\x03\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x15.tuneloop.v1.JobError\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x18\n\x10\x65stimated_finish\x18\r \x01(\x03\x12#\n\x06method\x18\x0e \x01(\x0b\x32\x13.tuneloop.v1.Method\x12\x0e\n\x06suffix\x18\x0f \x01(\t\x12\x30\n\x08metadata\x18\x10 \x03(\x0b\x32\x1e.tuneloop.v1.Job.MetadataEntry\x12\x18\n\x10training_dataset\x18\x11 \x01(\t\x12\x1a\n\x12validation_dataset\x18\x12 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x02\n\x10\x43reateJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rtraining_file\x18\x02 \x01(\t\x12\x17\n\x0fvalidation_file\x18\x03 \x01(\t\x12\x35\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x0e\n\x06suffix\x18\x05 \x01(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12#\n\x06method\x18\x07 \x01(\x0b\x32\x13.tuneloop.v1.Method\x12=\n\x08metadata\x18\x08 \x03(\x0b\x32+.tuneloop.v1.CreateJobRequest.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_seed\"C\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\"/\n\x0fListJobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tuneloop.v1.Job\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\"\x7f\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\r\n\x05level\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\x14ListJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"P\n\x15ListJobEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.tuneloop.v1.JobEvent\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xef\x01\n\rJobCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12#\n\x1b\x66ine_tuned_model_checkpoint\x18\x03 \x01(\t\x12\x13\n\x0bstep_number\x18\x04 \x01(\x03\x12\x38\n\x07metrics\x18\x05 \x03(\x0b\x32\'.tuneloop.v1.JobCheckpoint.MetricsEntry\x12\x1a\n\x12\x66ine_tuning_job_id\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x19ListJobCheckpointsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"_\n\x1aListJobCheckpointsResponse\x12/\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1a.tuneloop.v1.JobCheckpoint\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\xd7\x05\n\x08Training\x12M\n\nListModels\x12\x1e.tuneloop.v1.ListModelsRequest\x1a\x1f.tuneloop.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.tuneloop.v1.GetModelRequest\x1a\x1d.tuneloop.v1.GetModelResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.tuneloop.v1.DeleteModelRequest\x1a .tuneloop.v1.DeleteModelResponse\x12J\n\tCreateJob\x12\x1d.tuneloop.v1.CreateJobRequest\x1a\x1e.tuneloop.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.tuneloop.v1.GetJobRequest\x1a\x1b.tuneloop.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.tuneloop.v1.ListJobsRequest\x1a\x1d.tuneloop.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.tuneloop.v1.CancelJobRequest\x1a\x1e.tuneloop.v1.CancelJobResponse\x12V\n\rListJobEvents\x12!.tuneloop.v1.ListJobEventsRequest\x1a\".tuneloop.v1.ListJobEventsResponse\x12\x65\n\x12ListJobCheckpoints\x12&.tuneloop.v1.ListJobCheckpointsRequest\x1a\'.tuneloop.v1.ListJobCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/training.proto\x12\x0btuneloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x87\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x03\x12\x10\n\x08owned_by\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x11\n\tavailable\x18\x06 \x01(\x08\x12\x1a\n\x12unavailable_reason\x18\x07 \x01(\t\"\x13\n\x11ListModelsRequest\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.tuneloop.v1.Model\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.tuneloop.v1.Model\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"8\n\x13\x44\x65leteModelResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"@\n\x13HyperparameterValue\x12\x0e\n\x04\x61uto\x18\x01 \x01(\x08H\x00\x12\x10\n\x06number\x18\x02 \x01(\x01H\x00\x42\x07\n\x05value\"\xbf\x01\n\x0fHyperparameters\x12\x32\n\x08n_epochs\x18\x01 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\x12\x34\n\nbatch_size\x18\x02 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\x12\x42\n\x18learning_rate_multiplier\x18\x03 \x01(\x0b\x32 .tuneloop.v1.HyperparameterValue\"\xda\x01\n\x06Method\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x35\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x0e\n\x06lora_r\x18\x03 \x01(\x05\x12\x12\n\nlora_alpha\x18\x04 \x01(\x05\x12\x14\n\x0clora_dropout\x18\x05 \x01(\x01\x12\x1f\n\x17\x65\x61rly_stopping_patience\x18\x06 \x01(\x05\x12\x1c\n\x0freplay_fraction\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_replay_fraction\"8\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05param\x18\x03 \x01(\t\"\x8e\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x03\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x03\x12\x18\n\x10\x66ine_tuned_model\x18\x06 \x01(\t\x12\x15\n\rtraining_file\x18\x07 \x01(\t\x12\x17\n\x0fvalidation_file\x18\x08 \x01(\t\x12\x35\n\x0fhyperparameters\x18\t \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x16\n\x0etrained_tokens\x18\n \x01(\x03\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x15.tuneloop.v1.JobError\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x18\n\x10\x65stimated_finish\x18\r \x01(\x03\x12#\n\x06method\x18\x0e \x01(\x0b\x32\x13.tuneloop.v1.Method\x12\x0e\n\x06suffix\x18\x0f \x01(\t\x12\x30\n\x08metadata\x18\x10 \x03(\x0b\x32\x1e.tuneloop.v1.Job.MetadataEntry\x12\x18\n\x10training_dataset\x18\x11 \x01(\t\x12\x1a\n\x12validation_dataset\x18\x12 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe2\x02\n\x10\x43reateJobRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rtraining_file\x18\x02 \x01(\t\x12\x17\n\x0fvalidation_file\x18\x03 \x01(\t\x12\x35\n\x0fhyperparameters\x18\x04 \x01(\x0b\x32\x1c.tuneloop.v1.Hyperparameters\x12\x0e\n\x06suffix\x18\x05 \x01(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12#\n\x06method\x18\x07 \x01(\x0b\x32\x13.tuneloop.v1.Method\x12=\n\x08metadata\x18\x08 \x03(\x0b\x32+.tuneloop.v1.CreateJobRequest.MetadataEntry\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05_seed\"C\n\x11\x43reateJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\"/\n\x0fListJobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.tuneloop.v1.Job\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.tuneloop.v1.Job\"\x7f\n\x08JobEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\r\n\x05level\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"D\n\x14ListJobEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"P\n\x15ListJobEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.tuneloop.v1.JobEvent\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"\xef\x01\n\rJobCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12#\n\x1b\x66ine_tuned_model_checkpoint\x18\x03 \x01(\t\x12\x13\n\x0bstep_number\x18\x04 \x01(\x03\x12\x38\n\x07metrics\x18\x05 \x03(\x0b\x32\'.tuneloop.v1.JobCheckpoint.MetricsEntry\x12\x1a\n\x12\x66ine_tuning_job_id\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"I\n\x19ListJobCheckpointsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"_\n\x1aListJobCheckpointsResponse\x12/\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1a.tuneloop.v1.JobCheckpoint\x12\x10\n\x08has_more\x18\x02 \x01(\x08\x32\xd7\x05\n\x08Training\x12M\n\nListModels\x12\x1e.tuneloop.v1.ListModelsRequest\x1a\x1f.tuneloop.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.tuneloop.v1.GetModelRequest\x1a\x1d.tuneloop.v1.GetModelResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.tuneloop.v1.DeleteModelRequest\x1a .tuneloop.v1.DeleteModelResponse\x12J\n\tCreateJob\x12\x1d.tuneloop.v1.CreateJobRequest\x1a\x1e.tuneloop.v1.CreateJobResponse\x12\x41\n\x06GetJob\x12\x1a.tuneloop.v1.GetJobRequest\x1a\x1b.tuneloop.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.tuneloop.v1.ListJobsRequest\x1a\x1d.tuneloop.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.tuneloop.v1.CancelJobRequest\x1a\x1e.tuneloop.v1.CancelJobResponse\x12V\n\rListJobEvents\x12!.tuneloop.v1.ListJobEventsRequest\x1a\".tuneloop.v1.ListJobEventsResponse\x12\x65\n\x12ListJobCheckpoints\x12&.tuneloop.v1.ListJobCheckpointsRequest\x1a\'.tuneloop.v1.ListJobCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,45 +57,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HYPERPARAMETERS']._serialized_start=542
   _globals['_HYPERPARAMETERS']._serialized_end=733
   _globals['_METHOD']._serialized_start=736
-  _globals['_METHOD']._serialized_end=904
-  _globals['_JOBERROR']._serialized_start=906
-  _globals['_JOBERROR']._serialized_end=962
-  _globals['_JOB']._serialized_start=965
-  _globals['_JOB']._serialized_end=1491
-  _globals['_JOB_METADATAENTRY']._serialized_start=1444
-  _globals['_JOB_METADATAENTRY']._serialized_end=1491
-  _globals['_CREATEJOBREQUEST']._serialized_start=1494
-  _globals['_CREATEJOBREQUEST']._serialized_end=1848
-  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_start=1444
-  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_end=1491
-  _globals['_CREATEJOBRESPONSE']._serialized_start=1850
-  _globals['_CREATEJOBRESPONSE']._serialized_end=1917
-  _globals['_GETJOBREQUEST']._serialized_start=1919
-  _globals['_GETJOBREQUEST']._serialized_end=1950
-  _globals['_GETJOBRESPONSE']._serialized_start=1952
-  _globals['_GETJOBRESPONSE']._serialized_end=1999
-  _globals['_LISTJOBSREQUEST']._serialized_start=2001
-  _globals['_LISTJOBSREQUEST']._serialized_end=2048
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2050
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2118
-  _globals['_CANCELJOBREQUEST']._serialized_start=2120
-  _globals['_CANCELJOBREQUEST']._serialized_end=2154
-  _globals['_CANCELJOBRESPONSE']._serialized_start=2156
-  _globals['_CANCELJOBRESPONSE']._serialized_end=2206
-  _globals['_JOBEVENT']._serialized_start=2208
-  _globals['_JOBEVENT']._serialized_end=2335
-  _globals['_LISTJOBEVENTSREQUEST']._serialized_start=2337
-  _globals['_LISTJOBEVENTSREQUEST']._serialized_end=2405
-  _globals['_LISTJOBEVENTSRESPONSE']._serialized_start=2407
-  _globals['_LISTJOBEVENTSRESPONSE']._serialized_end=2487
-  _globals['_JOBCHECKPOINT']._serialized_start=2490
-  _globals['_JOBCHECKPOINT']._serialized_end=2729
-  _globals['_JOBCHECKPOINT_METRICSENTRY']._serialized_start=2683
-  _globals['_JOBCHECKPOINT_METRICSENTRY']._serialized_end=2729
-  _globals['_LISTJOBCHECKPOINTSREQUEST']._serialized_start=2731
-  _globals['_LISTJOBCHECKPOINTSREQUEST']._serialized_end=2804
-  _globals['_LISTJOBCHECKPOINTSRESPONSE']._serialized_start=2806
-  _globals['_LISTJOBCHECKPOINTSRESPONSE']._serialized_end=2901
-  _globals['_TRAINING']._serialized_start=2904
-  _globals['_TRAINING']._serialized_end=3631
+  _globals['_METHOD']._serialized_end=954
+  _globals['_JOBERROR']._serialized_start=956
+  _globals['_JOBERROR']._serialized_end=1012
+  _globals['_JOB']._serialized_start=1015
+  _globals['_JOB']._serialized_end=1541
+  _globals['_JOB_METADATAENTRY']._serialized_start=1494
+  _globals['_JOB_METADATAENTRY']._serialized_end=1541
+  _globals['_CREATEJOBREQUEST']._serialized_start=1544
+  _globals['_CREATEJOBREQUEST']._serialized_end=1898
+  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_start=1494
+  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_end=1541
+  _globals['_CREATEJOBRESPONSE']._serialized_start=1900
+  _globals['_CREATEJOBRESPONSE']._serialized_end=1967
+  _globals['_GETJOBREQUEST']._serialized_start=1969
+  _globals['_GETJOBREQUEST']._serialized_end=2000
+  _globals['_GETJOBRESPONSE']._serialized_start=2002
+  _globals['_GETJOBRESPONSE']._serialized_end=2049
+  _globals['_LISTJOBSREQUEST']._serialized_start=2051
+  _globals['_LISTJOBSREQUEST']._serialized_end=2098
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2100
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2168
+  _globals['_CANCELJOBREQUEST']._serialized_start=2170
+  _globals['_CANCELJOBREQUEST']._serialized_end=2204
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2206
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2256
+  _globals['_JOBEVENT']._serialized_start=2258
+  _globals['_JOBEVENT']._serialized_end=2385
+  _globals['_LISTJOBEVENTSREQUEST']._serialized_start=2387
+  _globals['_LISTJOBEVENTSREQUEST']._serialized_end=2455
+  _globals['_LISTJOBEVENTSRESPONSE']._serialized_start=2457
+  _globals['_LISTJOBEVENTSRESPONSE']._serialized_end=2537
+  _globals['_JOBCHECKPOINT']._serialized_start=2540
+  _globals['_JOBCHECKPOINT']._serialized_end=2779
+  _globals['_JOBCHECKPOINT_METRICSENTRY']._serialized_start=2733
+  _globals['_JOBCHECKPOINT_METRICSENTRY']._serialized_end=2779
+  _globals['_LISTJOBCHECKPOINTSREQUEST']._serialized_start=2781
+  _globals['_LISTJOBCHECKPOINTSREQUEST']._serialized_end=2854
+  _globals['_LISTJOBCHECKPOINTSRESPONSE']._serialized_start=2856
+  _globals['_LISTJOBCHECKPOINTSRESPONSE']._serialized_end=2951
+  _globals['_TRAINING']._serialized_start=2954
+  _globals['_TRAINING']._serialized_end=3681
 # @@protoc_insertion_point(module_scope)

@@ -80,20 +80,22 @@ class Hyperparameters(_message.Message):
     def __init__(self, n_epochs: _Optional[_Union[HyperparameterValue, _Mapping]] = ..., batch_size: _Optional[_Union[HyperparameterValue, _Mapping]] = ..., learning_rate_multiplier: _Optional[_Union[HyperparameterValue, _Mapping]] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("type", "hyperparameters", "lora_r", "lora_alpha", "lora_dropout", "early_stopping_patience")
+    __slots__ = ("type", "hyperparameters", "lora_r", "lora_alpha", "lora_dropout", "early_stopping_patience", "replay_fraction")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LORA_R_FIELD_NUMBER: _ClassVar[int]
     LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
     LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FRACTION_FIELD_NUMBER: _ClassVar[int]
     type: str
     hyperparameters: Hyperparameters
     lora_r: int
     lora_alpha: int
     lora_dropout: float
     early_stopping_patience: int
-    def __init__(self, type: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ...) -> None: ...
+    replay_fraction: float
+    def __init__(self, type: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., replay_fraction: _Optional[float] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "param")

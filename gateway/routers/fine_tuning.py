@@ -53,6 +53,7 @@ class MethodIn(BaseModel):
     lora_alpha: int | None = Field(default=None, ge=1, le=1024)
     lora_dropout: float | None = Field(default=None, ge=0, lt=1)
     early_stopping_patience: int | None = Field(default=None, ge=0, le=50)
+    replay_fraction: float | None = Field(default=None, ge=0, le=0.9)
 
 
 class JobCreate(BaseModel):
@@ -184,6 +185,7 @@ async def create_job(
         method=training_pb2.Method(
             type=method.type, lora_r=method.lora_r or 0, lora_alpha=method.lora_alpha or 0,
             lora_dropout=method.lora_dropout or 0.0, early_stopping_patience=method.early_stopping_patience or 0,
+            replay_fraction=method.replay_fraction,
         ),
         metadata=body.metadata or {},
         idempotency_key=idempotency_key or "",

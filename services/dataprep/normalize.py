@@ -42,10 +42,16 @@ _INDENT = re.compile(r"[ \t]*")
 # A run of blanks with at least one space in it (a run of tabs alone is left as it is).
 _BLANK_RUN = re.compile(r"[ \t]*[ ][ \t]*")
 _FENCE = re.compile(r"[ \t]*(```|~~~)")
+# In ASCII text, what any rule below would change: a control character other than "\n", two
+# blanks in a row, a blank at the end of a line or of the text, a newline at either end, or an
+# indented line (the indentation might be common to every line). Most texts have none of these.
+_ASCII_WORK = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]|  | \n| \Z|\A[ \n]|\n\Z|\n ")
 
 
 def normalize_text(s: str) -> str:
     """The text with newlines, spaces, invisible characters and Unicode form normalised."""
+    if s.isascii() and not _ASCII_WORK.search(s):
+        return s  # already normal: the rules below would return it unchanged
     s = _NEWLINES.sub("\n", s)
     s = _REMOVE.sub("", s)
     s = _SPACES.sub(" ", s)
@@ -78,8 +84,14 @@ def _normalize_name(value: str | None) -> str | None:
 
 
 def normalize_example(ex: Example) -> Example:
-    """A copy with every text normalised and label / slice stripped (an empty one becomes None)."""
-    out = ex.with_texts([normalize_text(t) for t in ex.texts()])
+    """A copy with every text normalised and label / slice stripped (an empty one becomes None); the
+    example itself when that changes nothing."""
+    texts = ex.texts()
+    normalized = [normalize_text(t) for t in texts]
+    label, slice_ = _normalize_name(ex.label), _normalize_name(ex.slice)
+    if normalized == texts and label == ex.label and slice_ == ex.slice:
+        return ex  # already normal (the usual case): the copy would be equal to it
+    out = ex.with_texts(normalized)
     # with_texts turns a missing rejected answer into ""; keep it missing for validation to report.
     rejected = out.rejected if ex.rejected is not None else None
-    return replace(out, rejected=rejected, label=_normalize_name(ex.label), slice=_normalize_name(ex.slice))
+    return replace(out, rejected=rejected, label=label, slice=slice_)

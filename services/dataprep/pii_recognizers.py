@@ -28,8 +28,8 @@ from pathlib import Path
 
 import phonenumbers
 import regex
-from phonenumbers import phonenumberutil
 import tldextract
+from phonenumbers import phonenumberutil
 from presidio_analyzer import (
     AnalysisExplanation,
     EntityRecognizer,
@@ -109,7 +109,7 @@ class ScreenedUsItinRecognizer(DigitScreened, UsItinRecognizer):
 
 class ScreenedIbanRecognizer(DigitScreened, IbanRecognizer):
     MIN_DIGITS = 2
-    HINT = regex.compile(r"[A-Z]{2}[0-9]{2}")  # country code and check digits (case-sensitive pattern)
+    HINT = re.compile(r"[A-Z]{2}[0-9]{2}")  # country code and check digits (case-sensitive pattern)
 
 
 class ScreenedMedicalLicenseRecognizer(DigitScreened, MedicalLicenseRecognizer):
@@ -118,8 +118,8 @@ class ScreenedMedicalLicenseRecognizer(DigitScreened, MedicalLicenseRecognizer):
 
 
 # IPv4 has a digit, a dot and a digit; every IPv6 form has two colons with at most four hex digits
-# between them ("::", ":db8:"). Read with the patterns' own flags.
-_IP_HINT = regex.compile(r"[0-9]\.[0-9]|:[0-9A-Fa-f]{0,4}:", regex.IGNORECASE)
+# between them ("::", ":db8:"). (\w holds every character a hex digit matches case-insensitively.)
+_IP_HINT = re.compile(r"[0-9]\.[0-9]|:\w{0,4}:")
 
 
 class ScreenedIpRecognizer(Screened, IpRecognizer):
@@ -216,14 +216,14 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
             region: min([international, *_possible_lengths(phonenumbers.PhoneMetadata.metadata_for_region(region))])
             for region in self.supported_regions
         }
+        self.fewest_digits = min(self.min_digits.values())
 
     def could_match(self, text: str) -> bool:
-        return digit_count(text) >= min(self.min_digits.values()) and phone_digits(text) >= min(
-            self.min_digits.values()
-        )
+        # Counting all digits first is cheaper, and enough for most texts.
+        return digit_count(text) >= self.fewest_digits and phone_digits(text) >= self.fewest_digits
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        digits = phone_digits(text) if digit_count(text) >= min(self.min_digits.values()) else 0
+        digits = phone_digits(text) if digit_count(text) >= self.fewest_digits else 0
         results = []
         # PhoneRecognizer.analyze, for the regions whose numbers fit in the text's digits.
         for region in self.supported_regions:
@@ -302,14 +302,15 @@ URL_PATTERNS = [
 ]
 
 
-# Every URL pattern holds "://" or a dot before a domain label, read with the patterns' own flags.
-_URL_HINT = regex.compile(r"://|\.[a-z0-9-]", regex.IGNORECASE)
+# Every URL pattern holds "://" or a dot before a domain label ([a-z0-9-] case-insensitively: \w
+# holds every character that matches).
+_URL_HINT = re.compile(r"://|\.[\w-]")
 
 
 class ScreenedPatternRecognizer(Screened, PatternRecognizer):
     """A PatternRecognizer with a screen: `hint` must find something, and at least `min_digits` digits."""
 
-    def __init__(self, *args, hint: regex.Pattern | None = None, min_digits: int = 0, **kwargs):
+    def __init__(self, *args, hint: re.Pattern | regex.Pattern | None = None, min_digits: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.hint = hint
         self.min_digits = min_digits

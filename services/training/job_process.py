@@ -23,6 +23,7 @@ from typing import TextIO
 from services.shared.errors import TuneloopError
 from services.shared.models import ModelStore
 from services.shared.settings import Settings
+from services.training.replay import answer_prompts, cache_key, mix, replay_records
 
 PR_SET_PDEATHSIG = 1
 
@@ -69,6 +70,18 @@ class Reporter:
             self.emit("message", **event)
 
 
+def _replay(models: ModelStore, settings: Settings, base_model: str) -> list[dict]:
+    def generate(prompts: list[str]) -> list[str]:
+        model, tokenizer = models.load(base_model)
+        try:
+            return answer_prompts(model, tokenizer, prompts)
+        finally:
+            del model
+
+    key = cache_key(base_model, models.ensure(base_model))
+    return replay_records(settings.data_dir / "training" / "replay", key, generate)
+
+
 def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
     from services.training.trainer import TrainConfig, Trainer  # heavy: torch, peft
 
@@ -84,11 +97,20 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
         early_stopping_patience=method["early_stopping_patience"] or None,
         seed=spec["seed"],
     )
-    models = ModelStore(Settings())
+    settings = Settings()
+    models = ModelStore(settings)
+    train = _read_jsonl(spec["train_path"])
+    fraction = method.get("replay_fraction", 0.0)
+    if fraction:
+        replay = _replay(models, settings, spec["base_model"])
+        mixed = mix(train, replay, fraction, spec["seed"])
+        reporter.emit("message", level="info", message=f"replay: {len(mixed) - len(train)} general examples answered "
+                      f"by {spec['base_model']} itself were mixed into {len(train)} training examples")
+        train = mixed
     trainer = Trainer(
         config,
         lambda dtype: models.load(spec["base_model"], dtype=dtype),
-        _read_jsonl(spec["train_path"]),
+        train,
         _read_jsonl(spec["validation_path"]),
         output_dir=Path(spec["job_dir"]),
         base_model_id=spec["base_model"],

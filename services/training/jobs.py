@@ -16,6 +16,8 @@ METHODS = ("supervised", "dpo", "qlora", "full")
 # LoRA's usual learning rate; OpenAI's learning_rate_multiplier scales it.
 BASE_LEARNING_RATE = 2e-4
 MAX_METADATA_PAIRS = 16
+# Enough general examples to anchor the base model's behaviour without slowing the domain down much.
+DEFAULT_REPLAY_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class JobSpec:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     early_stopping_patience: int = 0
+    replay_fraction: float = DEFAULT_REPLAY_FRACTION
     metadata: dict[str, str] = field(default_factory=dict)
 
     def method_dict(self) -> dict:
@@ -49,6 +52,7 @@ class JobSpec:
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
             "early_stopping_patience": self.early_stopping_patience,
+            "replay_fraction": self.replay_fraction,
         }
 
     def hyperparameters_dict(self) -> dict:
@@ -99,6 +103,8 @@ def validate_job(spec: JobSpec, *, known_models: list[str], cuda_available: bool
         raise InvalidArgument("lora_dropout must be at least 0 and below 1", param="method.lora_dropout")
     if not 0 <= spec.early_stopping_patience <= 50:
         raise InvalidArgument("early_stopping_patience must be between 0 and 50", param="method.early_stopping_patience")
+    if not 0 <= spec.replay_fraction <= 0.9:
+        raise InvalidArgument("replay_fraction must be between 0 and 0.9", param="method.replay_fraction")
     if len(spec.metadata) > MAX_METADATA_PAIRS or any(
         len(key) > 64 or len(value) > 512 for key, value in spec.metadata.items()
     ):

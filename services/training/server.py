@@ -15,7 +15,7 @@ from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import tenant_of
 from services.training import store
-from services.training.jobs import Hyperparameters, JobSpec, validate_job
+from services.training.jobs import DEFAULT_REPLAY_FRACTION, Hyperparameters, JobSpec, validate_job
 from services.training.registry import ModelRegistry, RegisteredModel
 from services.training.settings import TrainingSettings
 from services.training.supervisor import JobSupervisor
@@ -70,6 +70,7 @@ def job_message(job: store.JobRecord) -> training_pb2.Job:
             type=method["type"], hyperparameters=_hp_message(shown), lora_r=method["lora_r"],
             lora_alpha=method["lora_alpha"], lora_dropout=method["lora_dropout"],
             early_stopping_patience=method["early_stopping_patience"],
+            replay_fraction=method.get("replay_fraction", 0.0),
         ),
         suffix=job.suffix,
         metadata=json.loads(job.metadata),
@@ -98,6 +99,7 @@ def _spec(request: training_pb2.CreateJobRequest) -> JobSpec:
         lora_alpha=method.lora_alpha or 32,
         lora_dropout=method.lora_dropout if method.lora_dropout else 0.05,
         early_stopping_patience=method.early_stopping_patience,
+        replay_fraction=method.replay_fraction if method.HasField("replay_fraction") else DEFAULT_REPLAY_FRACTION,
         metadata=dict(request.metadata),
     )
 
