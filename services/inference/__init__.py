@@ -1,0 +1,1 @@
+"""The inference service: generation from the base model and its adapters, and the completion log."""
