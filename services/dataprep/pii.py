@@ -146,7 +146,7 @@ class _LazyArtifacts(NlpArtifacts):
     """The engine's artifacts for one text, made on first use: the regex recognisers never read them
     and context enhancement only for a text with findings, so most texts are never tokenized."""
 
-    def __init__(self, engine: SpacyNlpEngine, text: str, language: str):  # noqa: D107 (no super: lazy)
+    def __init__(self, engine: SpacyNlpEngine, text: str, language: str):  # no super(): nothing made yet
         self._pending = (engine, text, language)
 
     def __getattr__(self, name: str):

@@ -13,11 +13,11 @@
   starting with a known name token (data/person_names.txt), for what the small spaCy model misses.
 * `IdCueRecognizer`: passport / driving licence / account numbers named as such in the text.
 
-Every recogniser here is `Screened`: `could_match(text)` is a cheap test that every text the
-recogniser can find something in passes (an e-mail needs an "@", a card number 13 digits, a name
-from the list a capitalised word that is on it...). `analyze` returns nothing at once for a text
-that fails it, and `PiiAnonymizer` skips Presidio altogether for a text that fails every one, so
-screening changes no result, only the time: most sentences of ordinary text hold no candidate.
+Every recogniser here but the NER one is `Screened`: `could_match(text)` is a cheap test that
+every text the recogniser can find something in passes (an e-mail needs an "@", a card number 13
+digits, a name from the list a capitalised word that is on it...). `analyze` returns nothing at
+once for a text that fails it, and `PiiAnonymizer` skips Presidio altogether for a text that fails
+every one, so screening changes no result, only the time: most sentences hold no candidate.
 """
 
 from __future__ import annotations
@@ -251,6 +251,8 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
 class FormattedPhoneRecognizer(DigitScreened, PatternRecognizer):
     """Numbers written the way phone numbers are written, whether or not the number exists."""
 
+    MIN_DIGITS = 7  # validate_result refuses fewer
+
     PATTERNS = [
         # (555) 123-4567, 555.123.4567, 555-867-5309, +1 555 123 4567
         Pattern(
@@ -273,8 +275,6 @@ class FormattedPhoneRecognizer(DigitScreened, PatternRecognizer):
             supported_language=supported_language,
             global_regex_flags=CASE_SENSITIVE,
         )
-
-    MIN_DIGITS = 7  # validate_result refuses fewer
 
     def validate_result(self, pattern_text: str) -> bool | None:
         digits = sum(ch.isdigit() for ch in pattern_text)

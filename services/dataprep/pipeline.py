@@ -6,11 +6,6 @@ LSH, in batches) -> spool the survivors to a work file, keeping only a label per
 memory. Pass 2 reads the spool once: the seeded, stratified split decides each example's side, and
 train, validation and the review sample are written to the artifact store. Near-duplicates are
 removed across the whole file before the split, so no validation example has a near-copy in train.
-
-The exact token counts pass 2 reports are started in pass 1, as each batch of survivors is spooled:
-the chat template renders there and the tokenizer (which releases the GIL) counts on a background
-thread, beside pass 1's Python work, so a second core is not left idle. At most
-`TOKEN_COUNTS_IN_FLIGHT` batches wait to be counted, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -20,7 +15,6 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +45,6 @@ from services.shared.settings import Settings
 PIPELINE_VERSION = "1"
 NEAR_DUPLICATE_BATCH = 512
 TOKEN_BATCH = 256
-TOKEN_COUNTS_IN_FLIGHT = 2
 PROGRESS_EVERY_LINES = 1000
 MAX_LISTED = 100  # errors, duplicates and conflicts listed in the report (the totals are exact)
 PII_SAMPLES = 5
@@ -171,7 +164,6 @@ class _FirstPass:
         self.labels: list[str | None] = []
         self.outputs = _ShortOutputs()
         self.conflicts = ConflictDetector()
-        self.token_counts: list[Future[list[int]]] = []  # per spooled batch, in spool order
 
 
 def prepare_dataset(
@@ -197,39 +189,32 @@ def prepare_dataset(
     data_format = config.format or detect_format(first)
     spool_path = workdir / "clean.jsonl"
     state = _FirstPass(config)
-    tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataprep-token-count")
-    try:
-        with open(spool_path, "w", encoding="utf-8") as spool:
-            _first_pass(
-                itertools.chain([first], chunks),
-                data_format,
-                counter,
-                anonymizer,
-                state,
-                spool,
-                on_progress,
-                cancel,
-                tokenizing,
-            )
-        if state.invalid_lines and not config.drop_invalid:
-            listed, total = summarize_errors(state.errors, cap=MAX_LISTED)
-            report = _rejection_report(data_format, state, listed, total)
-            raise DatasetRejected(
-                f"the file has {state.invalid_lines} invalid line(s); first: {listed[0]}. Fix them, or "
-                "prepare with drop_invalid to keep only the valid lines.",
-                report,
-            )
-        if not state.kept_lines:
-            raise DatasetRejected(
-                "the file has no usable examples", _rejection_report(data_format, state, [], 0)
-            )
-        return _second_pass(spool_path, data_format, config, counter, artifacts, state, cancel)
-    finally:
-        tokenizing.shutdown(wait=True, cancel_futures=True)
+    with open(spool_path, "w", encoding="utf-8") as spool:
+        _first_pass(
+            itertools.chain([first], chunks),
+            data_format,
+            counter,
+            anonymizer,
+            state,
+            spool,
+            on_progress,
+            cancel,
+        )
+    if state.invalid_lines and not config.drop_invalid:
+        listed, total = summarize_errors(state.errors, cap=MAX_LISTED)
+        report = _rejection_report(data_format, state, listed, total)
+        raise DatasetRejected(
+            f"the file has {state.invalid_lines} invalid line(s); first: {listed[0]}. Fix them, or prepare "
+            "with drop_invalid to keep only the valid lines.",
+            report,
+        )
+    if not state.kept_lines:
+        raise DatasetRejected("the file has no usable examples", _rejection_report(data_format, state, [], 0))
+    return _second_pass(spool_path, data_format, config, counter, artifacts, state, cancel)
 
 
 def _first_pass(
-    chunks, data_format, counter, anonymizer, state: _FirstPass, spool, on_progress, cancel, tokenizing
+    chunks, data_format, counter, anonymizer, state: _FirstPass, spool, on_progress, cancel
 ) -> None:
     exact = ExactDeduplicator()
     near = NearDuplicateIndex(threshold=state.config.near_duplicate_threshold)
@@ -238,7 +223,6 @@ def _first_pass(
 
     def flush() -> None:
         matches = near.add_or_match_many([(example.line, _near_duplicate_text(example)) for example in batch])
-        kept: list[Example] = []
         for example, match in zip(batch, matches, strict=True):
             if match is not None:
                 state.near_total += 1
@@ -252,12 +236,7 @@ def _first_pass(
             state.kept_lines.append(example.line)
             state.labels.append(example.label)
             state.outputs.add(example.output)
-            kept.append(example)
         batch.clear()
-        if kept:
-            if len(state.token_counts) >= TOKEN_COUNTS_IN_FLIGHT:  # bounded: wait, errors stay for pass 2
-                wait([state.token_counts[-TOKEN_COUNTS_IN_FLIGHT]])
-            state.token_counts.append(counter.count_many_soon(kept, tokenizing))
 
     for item in iter_validated(chunks, data_format, counter):
         state.lines = item[0].line if isinstance(item, list) else item.line
@@ -314,14 +293,12 @@ def _second_pass(
         artifacts.writer(),
         artifacts.writer(),
     )
-    # The spool's token counts, in its order: a template refusing an example raises here, as
-    # counting it in this pass would.
-    counted = itertools.chain.from_iterable(future.result() for future in state.token_counts)
     try:
         for position_batch in _batched(enumerate(_read_spool(spool_path)), TOKEN_BATCH):
             if cancel is not None and cancel.is_set():
                 raise Interrupted("the service is stopping")
-            counts = list(itertools.islice(counted, len(position_batch)))
+            examples = [example for _, example in position_batch]
+            counts = counter.count_many(examples)
             for (position, example), count in zip(position_batch, counts, strict=True):
                 side = "validation" if position in validation else "train"
                 line = (example.to_json() + "\n").encode()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Executor, Future
 from itertools import islice
 from typing import Any
 
@@ -460,9 +459,11 @@ class TokenCounter:
             return [len(encoding.ids) for encoding in self._encode_batch(texts, add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def _render(self, examples: Sequence[Example]) -> tuple[list[str | Exception], list[int]]:
-        """Every rendering of `examples` (or the template's error), and for each example the index
-        of its first one."""
+    def _counts(
+        self, examples: Sequence[Example], exact: bool
+    ) -> tuple[list[int | Exception | None], list[int]]:
+        """Per rendering of `examples`: its token count, the template's error, or (when not `exact`)
+        None for one certainly within the limit; and for each example the index of its first one."""
         conversations: list[list[dict]] = []
         starts: list[int] = []
         for example in examples:
@@ -471,17 +472,6 @@ class TokenCounter:
         texts: list[str | Exception] = []
         for i in range(0, len(conversations), self.batch_size):
             texts.extend(self.render_many(conversations[i : i + self.batch_size]))
-        return texts, starts
-
-    def _counts(
-        self, examples: Sequence[Example], exact: bool
-    ) -> tuple[list[int | Exception | None], list[int]]:
-        """Per rendering of `examples`: its token count, the template's error, or (when not `exact`)
-        None for one certainly within the limit; and for each example the index of its first one."""
-        texts, starts = self._render(examples)
-        return self._count_rendered(texts, exact), starts
-
-    def _count_rendered(self, texts: list[str | Exception], exact: bool) -> list[int | Exception | None]:
         counts: list[int | Exception | None] = [t if isinstance(t, Exception) else None for t in texts]
         shortcut = self._bytes_bound and not exact
         todo = [
@@ -493,26 +483,11 @@ class TokenCounter:
             part = todo[i : i + self.batch_size]
             for j, n in zip(part, self._count_texts([texts[j] for j in part]), strict=True):  # type: ignore[misc]
                 counts[j] = n
-        return counts
+        return counts, starts
 
     def count_many(self, examples: Sequence[Example]) -> list[int]:
         """Exact token counts, one per example. InvalidArgument if the chat template refuses one."""
         counts, starts = self._counts(examples, exact=True)
-        return self._exact_counts(examples, counts, starts)
-
-    def count_many_soon(self, examples: Sequence[Example], executor: Executor) -> Future[list[int]]:
-        """`count_many` in two halves: the chat template renders now, in the calling thread, and the
-        tokenizer counts on `executor`. A fast tokenizer releases the GIL while it encodes, so on a
-        machine with a spare core the counting runs beside the caller's next Python work. The
-        future's result is what `count_many` returns, or raises."""
-        texts, starts = self._render(examples)
-        return executor.submit(
-            lambda: self._exact_counts(examples, self._count_rendered(texts, exact=True), starts)
-        )
-
-    def _exact_counts(
-        self, examples: Sequence[Example], counts: list[int | Exception | None], starts: list[int]
-    ) -> list[int]:
         result = []
         for example, start in zip(examples, starts, strict=True):
             mine = counts[start : start + (2 if example.kind == "preference" else 1)]
