@@ -334,18 +334,12 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
 async def build(runtime: Runtime) -> ServiceParts:
     artifacts = ArtifactStore(runtime.settings.artifacts_path)
     worker = DatasetWorker(runtime, artifacts, PipelineResources(runtime.settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop), name="dataset-worker")
 
     def register(server: grpc.aio.Server) -> list[str]:
         dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker), server)
         return [dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name]
 
-    async def close() -> None:
-        stop.set()
-        await task
-
-    return ServiceParts(register=register, on_close=close)
+    return ServiceParts(register=register, background=[worker.run])
 
 
 DEFINITION = ServiceDefinition(

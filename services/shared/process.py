@@ -53,6 +53,8 @@ class ServiceParts:
 
     register: Callable[[grpc.aio.Server], Iterable[str]]
     subscriptions: list[Subscription] = field(default_factory=list)
+    # Loops that run beside the server (a worker, a supervisor) until the event they get is set.
+    background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     on_close: Callable[[], Awaitable[None]] | None = None
 
 
@@ -101,6 +103,8 @@ async def start_service(definition: ServiceDefinition, settings: ServiceSettings
     )
     running = RunningService(definition=definition, runtime=runtime, grpc=server, parts=parts)
     running.tasks.append(asyncio.create_task(relay.run(running.stopping), name=f"{definition.name}-outbox"))
+    for loop in parts.background:
+        running.tasks.append(asyncio.create_task(loop(running.stopping), name=f"{definition.name}-{loop.__name__}"))
     for subscription in parts.subscriptions:
         consumer = await bus.subscribe(
             durable=f"{definition.name}-{subscription.durable}",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -204,18 +203,12 @@ async def build(runtime: Runtime) -> ServiceParts:
     supervisor = JobSupervisor(runtime, max_concurrent=settings.max_concurrent_jobs,
                                max_attempts=settings.max_job_attempts)
     registry = ModelRegistry(models, runtime.db, supervisor.adapters_dir)
-    stop = asyncio.Event()
-    task = asyncio.create_task(supervisor.run(stop), name="job-supervisor")
 
     def register(server: grpc.aio.Server) -> list[str]:
         training_pb2_grpc.add_TrainingServicer_to_server(TrainingServicer(runtime, registry, models, supervisor), server)
         return [training_pb2.DESCRIPTOR.services_by_name["Training"].full_name]
 
-    async def close() -> None:
-        stop.set()
-        await task
-
-    return ServiceParts(register=register, on_close=close)
+    return ServiceParts(register=register, background=[supervisor.run])
 
 
 DEFINITION = ServiceDefinition(
