@@ -33,7 +33,9 @@ Peak RSS is the process's high-water mark (`ru_maxrss`) after the end-to-end run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -48,17 +50,17 @@ from pathlib import Path
 # Running `python bench/dataprep.py` puts bench/ (not the repository root) on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.dataprep.dedup import ExactDeduplicator, NearDuplicateIndex, example_text  # noqa: E402
+from services.dataprep.dedup import ExactDeduplicator, NearDuplicateIndex  # noqa: E402
 from services.dataprep.examples import Example  # noqa: E402
 from services.dataprep.normalize import normalize_example  # noqa: E402
 from services.dataprep.options import PrepareConfig  # noqa: E402
 from services.dataprep.pipeline import (  # noqa: E402
-    NEAR_DUPLICATE_BATCH,
     TOKEN_BATCH,
     PipelineResources,
     prepare_dataset,
 )
 from services.dataprep.split import choose_validation  # noqa: E402
+from services.dataprep.transform import BATCH_EXAMPLES, near_duplicate_text  # noqa: E402
 from services.dataprep.validation import iter_validated  # noqa: E402
 from services.shared.artifacts import ArtifactStore  # noqa: E402
 from services.shared.models import DEFAULT_MODEL_ID, locate_default_gguf  # noqa: E402
@@ -302,7 +304,7 @@ class Row:
     name: str
     examples: int
     seconds: float  # wall clock
-    cpu: float  # CPU seconds of the whole process (every thread, the tokenizer's included)
+    cpu: float  # CPU seconds of the process and its worker processes (every thread)
 
     @property
     def rate(self) -> float:
@@ -327,10 +329,24 @@ def _chunks(path: Path, limit_lines: int | None = None) -> Iterator[bytes]:
                 yield line
 
 
+def _children_cpu() -> dict[int, float]:
+    """CPU seconds of each live child process (the pipeline's workers), from /proc/PID/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError, IndexError):
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds[child.pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return seconds
+
+
 def _timed(name: str, n: int, fn: Callable[[], object]) -> tuple[Row, object]:
+    children = _children_cpu()
     start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    return Row(name, n, time.perf_counter() - start, time.process_time() - cpu), result
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    cpu += sum(after - children.get(pid, 0.0) for pid, after in _children_cpu().items())
+    return Row(name, n, seconds, cpu), result
 
 
 def _load() -> str:
@@ -365,7 +381,8 @@ def _dedup(examples: list[Example], threshold: float) -> list[Example]:
     batch: list[Example] = []
 
     def flush() -> None:
-        matches = near.add_or_match_many([(e.line, example_text(e)) for e in batch])
+        signatures = near.hasher.signatures([near_duplicate_text(e) for e in batch])
+        matches = near.add_or_match_signatures([e.line for e in batch], signatures)
         kept.extend(e for e, match in zip(batch, matches, strict=True) if match is None)
         batch.clear()
 
@@ -373,7 +390,7 @@ def _dedup(examples: list[Example], threshold: float) -> list[Example]:
         if exact.first_seen(example) is not None:
             continue
         batch.append(example)
-        if len(batch) >= NEAR_DUPLICATE_BATCH:
+        if len(batch) >= BATCH_EXAMPLES:
             flush()
     flush()
     return kept
@@ -394,47 +411,38 @@ def run(args: argparse.Namespace, root: Path) -> None:
         settings = Settings(data_dir=root / "data", base_models={model_id: model_dir})
     else:  # the converted default model, read where the store keeps it
         settings = Settings(data_dir=root / "data", model_dir=model_dir.parent)
-    resources = PipelineResources(settings)
+    single = PipelineResources(settings, workers=1)  # the baseline: everything in this process
+    resources = PipelineResources(settings, workers=args.workers)
+    workers = resources.pool.workers if resources.pool else 1
     counter = resources.token_counter(model_id)
     use_pii = args.pii != "none"
     start = time.perf_counter()
-    regex = resources.anonymizer((), {}, False) if use_pii else None
-    ner = resources.anonymizer((), {}, True) if args.pii == "ner" else None
+    regex = single.anonymizer((), {}, False) if use_pii else None
+    ner = single.anonymizer((), {}, True) if args.pii == "ner" else None
     print(
         f"tokenizer {model_id} (limit {counter.max_tokens}); PII engines built in {time.perf_counter() - start:.1f} s"
     )
     ner_n = min(args.ner_sample, n)
+    configs = [("anonymize_pii=False", PrepareConfig(model_id, anonymize_pii=False), n)]
+    if use_pii:
+        configs.append(('pii_detector="regex"', PrepareConfig(model_id, pii_detector="regex"), n))
+    if ner is not None:
+        configs.append((f'pii_detector="ner" (first {ner_n})', PrepareConfig(model_id, pii_detector="ner"), ner_n))
+    if resources.pool is not None:  # start the workers and build their engines before timing
+        start = time.perf_counter()
+        for _, config, _ in configs:
+            _end_to_end("(warm-up)", data, 3000, config, resources, root, limit_lines=3000)
+        print(f"{workers} worker processes started and warmed up in {time.perf_counter() - start:.1f} s")
 
     print("end to end (prepare_dataset):")
     rss_before = _peak_rss_mib()
-    e2e = [
-        _end_to_end(
-            "anonymize_pii=False", data, n, PrepareConfig(model_id, anonymize_pii=False), resources, root
-        )
-    ]
-    if use_pii:
-        e2e.append(
-            _end_to_end(
-                'pii_detector="regex"',
-                data,
-                n,
-                PrepareConfig(model_id, pii_detector="regex"),
-                resources,
-                root,
-            )
-        )
-    if ner is not None:
-        e2e.append(
-            _end_to_end(
-                f'pii_detector="ner" (first {ner_n})',
-                data,
-                ner_n,
-                PrepareConfig(model_id, pii_detector="ner"),
-                resources,
-                root,
-                limit_lines=ner_n,
-            )
-        )
+    e2e = []
+    for name, config, count in configs:
+        limit = count if count < n else None
+        if resources.pool is not None and config.anonymize_pii:
+            e2e.append(_end_to_end(f"{name}, 1 process", data, count, config, single, root, limit_lines=limit))
+        e2e.append(_end_to_end(f"{name}, {workers} workers", data, count, config, resources, root, limit_lines=limit))
+    resources.close()
     rss_e2e = _peak_rss_mib()
 
     print("per step:")
@@ -469,7 +477,7 @@ def run(args: argparse.Namespace, root: Path) -> None:
         )
         steps.append(row)
     row, kept = _timed(
-        f"exact + near dedup (batches of {NEAR_DUPLICATE_BATCH})",
+        f"exact + near dedup (batches of {BATCH_EXAMPLES})",
         len(anonymized),
         lambda: _dedup(anonymized, 0.85),
     )
@@ -543,6 +551,9 @@ def main() -> int:
         "--ner-sample", type=int, default=2000, help="examples NER is measured on (default 2000)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="pipeline worker processes (default 0: one per CPU core)"
+    )
     args = parser.parse_args()
     if args.examples < 100:
         parser.error("--examples must be at least 100")

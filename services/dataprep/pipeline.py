@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from services.dataprep.dedup import ConflictDetector, ExactDeduplicator, NearDuplicateIndex
 from services.dataprep.examples import Example, LineError, example_from_record
 from services.dataprep.formats import detect_format
-from services.dataprep.normalize import normalize_example
 from services.dataprep.options import PrepareConfig
 from services.dataprep.report import (
     DuplicateSummary,
@@ -35,6 +37,14 @@ from services.dataprep.report import (
     sample_indices,
 )
 from services.dataprep.split import choose_validation, infer_labels
+from services.dataprep.transform import (
+    Transformed,
+    Transformer,
+    TransformPool,
+    TransformSpec,
+    batched,
+    transform_batches,
+)
 from services.dataprep.validation import TokenCounter, iter_validated, summarize_errors
 from services.shared.artifacts import Artifact, ArtifactStore
 from services.shared.errors import InvalidArgument, TuneloopError
@@ -43,7 +53,6 @@ from services.shared.settings import Settings
 
 # Part of every dataset id: bump it when the same input would now be prepared differently.
 PIPELINE_VERSION = "1"
-NEAR_DUPLICATE_BATCH = 512
 TOKEN_BATCH = 256
 PROGRESS_EVERY_LINES = 1000
 MAX_LISTED = 100  # errors, duplicates and conflicts listed in the report (the totals are exact)
@@ -78,11 +87,15 @@ class PreparedDataset:
 class PipelineResources:
     """Tokenizers and PII engines, built once per process and shared by every dataset (they are slow to build)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, workers: int = 0):
+        """`workers`: processes that transform large files (0: one per CPU core; 1: none, all here)."""
         self._models = ModelStore(settings)
         self._lock = threading.Lock()
         self._counters: dict[str, TokenCounter] = {}
         self._anonymizers: dict[tuple, object] = {}
+        self._transformers: dict[TransformSpec, Transformer] = {}
+        workers = workers or len(os.sched_getaffinity(0))
+        self.pool = TransformPool(workers) if workers > 1 else None
 
     def token_counter(self, base_model: str) -> TokenCounter:
         with self._lock:
@@ -106,18 +119,30 @@ class PipelineResources:
                 self._anonymizers[key] = PiiAnonymizer(entities or None, placeholders or None, use_ner=use_ner)
             return self._anonymizers[key]
 
+    def transformer(self, config: PrepareConfig) -> Transformer:
+        """Pass 1's per-example work for `config`, in this process (see transform.py)."""
+        spec = TransformSpec(
+            anonymize=config.anonymize_pii,
+            pii_entities=tuple(config.pii_entities),
+            pii_placeholders=tuple(sorted(config.pii_placeholders.items())),
+            use_ner=config.pii_detector == "ner",
+        )
+        anonymizer = (
+            self.anonymizer(spec.pii_entities, dict(spec.pii_placeholders), spec.use_ner) if spec.anonymize else None
+        )
+        with self._lock:
+            if spec not in self._transformers:
+                self._transformers[spec] = Transformer(spec, anonymizer)
+            return self._transformers[spec]
+
+    def close(self) -> None:
+        """Stop the worker processes, if any were started."""
+        if self.pool is not None:
+            self.pool.close()
+
 
 def _error_dict(error: LineError) -> dict:
     return {"line": error.line, "field": error.field, "code": error.code, "message": error.message}
-
-
-def _near_duplicate_text(example: Example) -> str:
-    """What near-duplicate detection compares: the conversation without its system prompt, which is
-    usually the same boilerplate in every example and would make every pair look alike."""
-    texts = [m["content"] for m in example.messages if m["role"] != "system"]
-    if example.kind == "preference":
-        texts += [example.preferred or "", example.rejected or ""]
-    return "\n".join(texts)
 
 
 class _ShortOutputs:
@@ -177,11 +202,7 @@ def prepare_dataset(
     cancel: threading.Event | None = None,
 ) -> PreparedDataset:
     counter = resources.token_counter(config.base_model)
-    anonymizer = (
-        resources.anonymizer(config.pii_entities, config.pii_placeholders, config.pii_detector == "ner")
-        if config.anonymize_pii
-        else None
-    )
+    transformer = resources.transformer(config)
     chunks = iter(chunks)
     first = next(chunks, b"")
     if not first.strip():
@@ -194,7 +215,8 @@ def prepare_dataset(
             itertools.chain([first], chunks),
             data_format,
             counter,
-            anonymizer,
+            transformer,
+            resources.pool,
             state,
             spool,
             on_progress,
@@ -214,65 +236,68 @@ def prepare_dataset(
 
 
 def _first_pass(
-    chunks, data_format, counter, anonymizer, state: _FirstPass, spool, on_progress, cancel
+    chunks, data_format, counter, transformer: Transformer, pool: TransformPool | None, state: _FirstPass, spool,
+    on_progress, cancel,
 ) -> None:
-    exact = ExactDeduplicator()
-    near = NearDuplicateIndex(threshold=state.config.near_duplicate_threshold)
-    batch: list[Example] = []
-    conflicts = state.conflicts
+    """Validate line by line here; normalise, anonymise and hash in batches (here or in worker
+    processes, see transform.py); then, in file order, drop exact and near-duplicates and spool the rest."""
 
-    def flush() -> None:
-        matches = near.add_or_match_many([(example.line, _near_duplicate_text(example)) for example in batch])
-        for example, match in zip(batch, matches, strict=True):
+    def valid_examples() -> Iterator[Example]:
+        for item in iter_validated(chunks, data_format, counter):
+            state.lines = item[0].line if isinstance(item, list) else item.line
+            if state.lines % PROGRESS_EVERY_LINES == 0:
+                if on_progress:
+                    on_progress(state.lines)
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("the service is stopping")
+            if isinstance(item, list):
+                state.invalid_lines += 1
+                state.errors.extend(item)
+                continue
+            state.valid += 1
+            if state.invalid_lines and not state.config.drop_invalid:
+                continue  # the file will be rejected: keep reading only to list every error
+            yield item
+
+    exact = ExactDeduplicator()
+    near = NearDuplicateIndex(
+        threshold=state.config.near_duplicate_threshold,
+        shingle_size=transformer.spec.shingle_size,
+        num_perm=transformer.spec.num_perm,
+        seed=transformer.spec.seed,
+    )
+    for transformed in transform_batches(batched(valid_examples()), transformer, pool):
+        unique: list[Transformed] = []
+        for item in transformed:
+            example = item.example
+            if item.pii:
+                state.pii_counts.update(item.pii)
+                if len(state.pii_samples) < PII_SAMPLES:
+                    state.pii_samples.append({"line": example.line, "before": item.before, "after": example.texts()})
+            earlier = exact.first_seen_digest(item.digest, example.line)
+            if earlier is not None:
+                state.exact_total += 1
+                if len(state.exact_duplicates) < MAX_LISTED:
+                    state.exact_duplicates.append({"line": example.line, "duplicate_of": earlier})
+                continue
+            unique.append(item)
+        if not unique:
+            continue
+        matches = near.add_or_match_signatures(
+            [item.example.line for item in unique], np.stack([item.signature for item in unique])
+        )
+        for item, match in zip(unique, matches, strict=True):
+            example = item.example
             if match is not None:
                 state.near_total += 1
                 if len(state.near_duplicates) < MAX_LISTED:
                     state.near_duplicates.append({"line": example.line, "duplicate_of": match})
                 continue
-            conflicts.add(example)
-            spool.write(
-                json.dumps({"line": example.line, "record": example.to_record()}, ensure_ascii=False) + "\n"
-            )
+            state.conflicts.add(example)
+            spool.write(json.dumps({"line": example.line, "record": example.to_record()}, ensure_ascii=False) + "\n")
             state.kept_lines.append(example.line)
             state.labels.append(example.label)
             state.outputs.add(example.output)
-        batch.clear()
-
-    for item in iter_validated(chunks, data_format, counter):
-        state.lines = item[0].line if isinstance(item, list) else item.line
-        if state.lines % PROGRESS_EVERY_LINES == 0:
-            if on_progress:
-                on_progress(state.lines)
-            if cancel is not None and cancel.is_set():
-                raise Interrupted("the service is stopping")
-        if isinstance(item, list):
-            state.invalid_lines += 1
-            state.errors.extend(item)
-            continue
-        state.valid += 1
-        if state.invalid_lines and not state.config.drop_invalid:
-            continue  # the file will be rejected: keep reading only to list every error
-        example = normalize_example(item)
-        if anonymizer is not None:
-            anonymized, found = anonymizer.anonymize_example(example)
-            if found:
-                state.pii_counts.update(found)
-                if len(state.pii_samples) < PII_SAMPLES:
-                    state.pii_samples.append(
-                        {"line": example.line, "before": example.texts(), "after": anonymized.texts()}
-                    )
-            example = anonymized
-        earlier = exact.first_seen(example)
-        if earlier is not None:
-            state.exact_total += 1
-            if len(state.exact_duplicates) < MAX_LISTED:
-                state.exact_duplicates.append({"line": example.line, "duplicate_of": earlier})
-            continue
-        batch.append(example)
-        if len(batch) >= NEAR_DUPLICATE_BATCH:
-            flush()
-    if batch:
-        flush()
     if on_progress:
         on_progress(state.lines)
 
@@ -294,7 +319,7 @@ def _second_pass(
         artifacts.writer(),
     )
     try:
-        for position_batch in _batched(enumerate(_read_spool(spool_path)), TOKEN_BATCH):
+        for position_batch in batched(enumerate(_read_spool(spool_path)), TOKEN_BATCH):
             if cancel is not None and cancel.is_set():
                 raise Interrupted("the service is stopping")
             examples = [example for _, example in position_batch]
@@ -400,9 +425,3 @@ def _read_spool(path: Path) -> Iterator[Example]:
         for raw in spool:
             item = json.loads(raw)
             yield example_from_record(item["record"], item["line"])
-
-
-def _batched(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch

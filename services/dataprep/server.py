@@ -333,13 +333,17 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
 
 async def build(runtime: Runtime) -> ServiceParts:
     artifacts = ArtifactStore(runtime.settings.artifacts_path)
-    worker = DatasetWorker(runtime, artifacts, PipelineResources(runtime.settings))
+    resources = PipelineResources(runtime.settings, workers=runtime.settings.pipeline_workers)
+    worker = DatasetWorker(runtime, artifacts, resources)
 
     def register(server: grpc.aio.Server) -> list[str]:
         dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker), server)
         return [dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name]
 
-    return ServiceParts(register=register, background=[worker.run])
+    async def close() -> None:
+        await asyncio.to_thread(resources.close)
+
+    return ServiceParts(register=register, background=[worker.run], on_close=close)
 
 
 DEFINITION = ServiceDefinition(

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
-
-import openai
+from dataclasses import dataclass, field
 
 from services.dataprep.examples import Example
 from services.dataprep.validation import iter_validated
-from services.shared.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.shared.errors import InvalidArgument
+from services.shared.teacher import TeacherClient, TeacherEndpoint
 
 MAX_COUNT = 10_000
 PER_REQUEST = 10
@@ -37,18 +36,18 @@ SYSTEM_PROMPT = (
 @dataclass(frozen=True)
 class TeacherConfig:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     model: str
     temperature: float = 0.8
     instructions: str = ""
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise InvalidArgument("teacher_base_url must be an http(s) URL", param="teacher_base_url")
-        if not self.model:
-            raise InvalidArgument("teacher_model is required", param="teacher_model")
+        self.endpoint()  # refuses a bad URL or a missing model, naming the field
         if not 0 <= self.temperature <= 2:
             raise InvalidArgument("temperature must be between 0 and 2", param="temperature")
+
+    def endpoint(self) -> TeacherEndpoint:
+        return TeacherEndpoint(base_url=self.base_url, model=self.model, api_key=self.api_key)
 
 
 def _user_prompt(seeds: list[Example], count: int, instructions: str) -> str:
@@ -72,9 +71,7 @@ def generate_examples(
         raise InvalidArgument("the seed file has no valid examples", param="seed_file_id")
     if not 1 <= count <= MAX_COUNT:
         raise InvalidArgument(f"count must be between 1 and {MAX_COUNT}", param="count")
-    client = openai.OpenAI(
-        base_url=teacher.base_url, api_key=teacher.api_key or "none", max_retries=2, timeout=120
-    )
+    client = TeacherClient(teacher.endpoint(), max_retries=2, timeout=120)
     rng = random.Random(seed)
     seen = {json.dumps(list(s.messages), sort_keys=True) for s in seeds}
     generated: list[Example] = []
@@ -83,33 +80,14 @@ def generate_examples(
         if len(generated) >= count:
             break
         shown = rng.sample(seeds, min(SEEDS_SHOWN, len(seeds)))
-        try:
-            reply = client.chat.completions.create(
-                model=teacher.model,
-                temperature=teacher.temperature,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {
-                        "role": "user",
-                        "content": _user_prompt(
-                            shown, min(PER_REQUEST, count - len(generated)), teacher.instructions
-                        ),
-                    },
-                ],
-            )
-        except openai.AuthenticationError as error:
-            raise FailedPrecondition(
-                f"the teacher refused the API key: {error.message}", param="teacher_api_key"
-            ) from None
-        except openai.NotFoundError as error:
-            raise FailedPrecondition(
-                f"the teacher does not know model {teacher.model!r}: {error.message}", param="teacher_model"
-            ) from None
-        except openai.APIConnectionError as error:
-            raise Unavailable(f"cannot reach the teacher at {teacher.base_url}: {error}") from None
-        except openai.APIError as error:
-            raise Unavailable(f"the teacher failed: {error}") from None
-        text = (reply.choices[0].message.content or "") if reply.choices else ""
+        text = client.chat(
+            [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": _user_prompt(shown, min(PER_REQUEST, count - len(generated)),
+                                                         teacher.instructions)},
+            ],
+            temperature=teacher.temperature,
+        )
         for item in iter_validated(_json_lines(text), "chat"):
             if isinstance(item, list):
                 refused += 1

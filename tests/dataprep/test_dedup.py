@@ -1,6 +1,7 @@
 """Exact duplicates, near-duplicates (MinHash + LSH) and conflicting labels."""
 
 import random
+import zlib
 
 import pytest
 
@@ -8,6 +9,7 @@ from services.dataprep.dedup import (
     Conflict,
     ConflictDetector,
     ExactDeduplicator,
+    MinHasher,
     NearDuplicateIndex,
     content_key,
     example_text,
@@ -25,6 +27,24 @@ def chat(line, user, answer, label=None, system=None):
     messages = ({"role": "system", "content": system},) if system else ()
     messages += ({"role": "user", "content": user}, {"role": "assistant", "content": answer})
     return Example(line=line, messages=messages, label=label)
+
+
+@pytest.mark.parametrize("shingle_size,num_perm", [(2, 128), (1, 64), (3, 256)])
+def test_batched_signatures_are_datasketchs_minhash_values(shingle_size, num_perm):
+    from datasketch import MinHash
+
+    rng = random.Random(shingle_size)
+    vocab = [f"w{i}" for i in range(300)] + ["Ünïcode", "ﬁne", "ß"]
+    texts = ["", "  ", "one", "two words"] + [random_text(rng, rng.randint(1, 90), vocab) for _ in range(150)]
+    hasher = MinHasher(shingle_size=shingle_size, num_perm=num_perm, seed=7)
+    batched = hasher.signatures(texts)
+    assert batched.shape == (len(texts), num_perm)
+    for row, text in zip(batched, texts, strict=True):
+        reference = MinHash(num_perm=num_perm, seed=7, hashfunc=zlib.crc32)
+        reference.update_batch(hasher.shingles(text))
+        assert (row == reference.hashvalues).all()
+        assert (row == hasher.signature(text).hashvalues).all()
+    assert hasher.signatures([]).shape == (0, num_perm)
 
 
 def random_text(rng, words, vocab):

@@ -12,12 +12,8 @@ from hypothesis import strategies as st
 from services.dataprep.dedup import NearDuplicateIndex
 from services.dataprep.examples import example_from_record
 from services.dataprep.options import PrepareConfig
-from services.dataprep.pipeline import (
-    DatasetRejected,
-    PipelineResources,
-    _near_duplicate_text,
-    prepare_dataset,
-)
+from services.dataprep.pipeline import DatasetRejected, PipelineResources, prepare_dataset
+from services.dataprep.transform import near_duplicate_text
 from services.shared.artifacts import ArtifactStore
 from services.shared.settings import Settings
 from tests.fixtures.tiny_model import TINY_MODEL_ID
@@ -97,10 +93,10 @@ def test_no_validation_example_has_a_near_duplicate_in_train(resources, tmp_path
 
     index = NearDuplicateIndex(threshold=0.85)
     for example in read(prepared.train.sha256):
-        assert index.add_or_match(example.line, _near_duplicate_text(example)) is None
+        assert index.add_or_match(example.line, near_duplicate_text(example)) is None
     validation = read(prepared.validation.sha256)
     assert len(validation) == round(0.3 * kept)
-    leaks = [e for e in validation if index.add_or_match(-1 - e.line, _near_duplicate_text(e)) is not None]
+    leaks = [e for e in validation if index.add_or_match(-1 - e.line, near_duplicate_text(e)) is not None]
     assert leaks == []
 
     again = prepare_dataset([content], config, resources=resources, artifacts=store, workdir=tmp_path)
