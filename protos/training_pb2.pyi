@@ -80,7 +80,7 @@ class Hyperparameters(_message.Message):
     def __init__(self, n_epochs: _Optional[_Union[HyperparameterValue, _Mapping]] = ..., batch_size: _Optional[_Union[HyperparameterValue, _Mapping]] = ..., learning_rate_multiplier: _Optional[_Union[HyperparameterValue, _Mapping]] = ...) -> None: ...
 
 class Method(_message.Message):
-    __slots__ = ("type", "hyperparameters", "lora_r", "lora_alpha", "lora_dropout", "early_stopping_patience", "replay_fraction")
+    __slots__ = ("type", "hyperparameters", "lora_r", "lora_alpha", "lora_dropout", "early_stopping_patience", "replay_fraction", "teacher", "beta")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     HYPERPARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LORA_R_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,8 @@ class Method(_message.Message):
     LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
     EARLY_STOPPING_PATIENCE_FIELD_NUMBER: _ClassVar[int]
     REPLAY_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TEACHER_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
     type: str
     hyperparameters: Hyperparameters
     lora_r: int
@@ -95,7 +97,19 @@ class Method(_message.Message):
     lora_dropout: float
     early_stopping_patience: int
     replay_fraction: float
-    def __init__(self, type: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., replay_fraction: _Optional[float] = ...) -> None: ...
+    teacher: Teacher
+    beta: float
+    def __init__(self, type: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., replay_fraction: _Optional[float] = ..., teacher: _Optional[_Union[Teacher, _Mapping]] = ..., beta: _Optional[float] = ...) -> None: ...
+
+class Teacher(_message.Message):
+    __slots__ = ("base_url", "model", "api_key_name")
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_NAME_FIELD_NUMBER: _ClassVar[int]
+    base_url: str
+    model: str
+    api_key_name: str
+    def __init__(self, base_url: _Optional[str] = ..., model: _Optional[str] = ..., api_key_name: _Optional[str] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "message", "param")
@@ -108,7 +122,7 @@ class JobError(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., param: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "status", "model", "created_at", "finished_at", "fine_tuned_model", "training_file", "validation_file", "hyperparameters", "trained_tokens", "error", "seed", "estimated_finish", "method", "suffix", "metadata", "training_dataset", "validation_dataset")
+    __slots__ = ("id", "status", "model", "created_at", "finished_at", "fine_tuned_model", "training_file", "validation_file", "hyperparameters", "trained_tokens", "error", "seed", "estimated_finish", "method", "suffix", "metadata", "training_dataset", "validation_dataset", "provider", "provider_job_id", "provider_model")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +148,9 @@ class Job(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TRAINING_DATASET_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_DATASET_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_MODEL_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     model: str
@@ -152,10 +169,13 @@ class Job(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     training_dataset: str
     validation_dataset: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., model: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., seed: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., training_dataset: _Optional[str] = ..., validation_dataset: _Optional[str] = ...) -> None: ...
+    provider: str
+    provider_job_id: str
+    provider_model: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., model: _Optional[str] = ..., created_at: _Optional[int] = ..., finished_at: _Optional[int] = ..., fine_tuned_model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., trained_tokens: _Optional[int] = ..., error: _Optional[_Union[JobError, _Mapping]] = ..., seed: _Optional[int] = ..., estimated_finish: _Optional[int] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., suffix: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., training_dataset: _Optional[str] = ..., validation_dataset: _Optional[str] = ..., provider: _Optional[str] = ..., provider_job_id: _Optional[str] = ..., provider_model: _Optional[str] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "method", "metadata", "idempotency_key")
+    __slots__ = ("model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "method", "metadata", "idempotency_key", "provider")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -172,6 +192,7 @@ class CreateJobRequest(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
     model: str
     training_file: str
     validation_file: str
@@ -181,7 +202,8 @@ class CreateJobRequest(_message.Message):
     method: Method
     metadata: _containers.ScalarMap[str, str]
     idempotency_key: str
-    def __init__(self, model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., suffix: _Optional[str] = ..., seed: _Optional[int] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    provider: str
+    def __init__(self, model: _Optional[str] = ..., training_file: _Optional[str] = ..., validation_file: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., suffix: _Optional[str] = ..., seed: _Optional[int] = ..., method: _Optional[_Union[Method, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., idempotency_key: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
     __slots__ = ("job", "created")
@@ -226,6 +248,30 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class PauseJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class PauseJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class ResumeJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ResumeJobResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: Job

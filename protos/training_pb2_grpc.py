@@ -70,6 +70,16 @@ class TrainingStub:
                 request_serializer=protos_dot_training__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=protos_dot_training__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/tuneloop.v1.Training/PauseJob',
+                request_serializer=protos_dot_training__pb2.PauseJobRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.PauseJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/tuneloop.v1.Training/ResumeJob',
+                request_serializer=protos_dot_training__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=protos_dot_training__pb2.ResumeJobResponse.FromString,
+                _registered_method=True)
         self.ListJobEvents = channel.unary_unary(
                 '/tuneloop.v1.Training/ListJobEvents',
                 request_serializer=protos_dot_training__pb2.ListJobEventsRequest.SerializeToString,
@@ -135,6 +145,20 @@ class TrainingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Pauses a queued or running job: its process checkpoints the step it is on and stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Resumes a paused job: it is queued again and continues from its checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListJobEvents(self, request, context):
         """Lists a job's events, newest first.
         """
@@ -186,6 +210,16 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=protos_dot_training__pb2.CancelJobRequest.FromString,
                     response_serializer=protos_dot_training__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=protos_dot_training__pb2.PauseJobRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.PauseJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=protos_dot_training__pb2.ResumeJobRequest.FromString,
+                    response_serializer=protos_dot_training__pb2.ResumeJobResponse.SerializeToString,
             ),
             'ListJobEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobEvents,
@@ -388,6 +422,60 @@ class Training:
             '/tuneloop.v1.Training/CancelJob',
             protos_dot_training__pb2.CancelJobRequest.SerializeToString,
             protos_dot_training__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/PauseJob',
+            protos_dot_training__pb2.PauseJobRequest.SerializeToString,
+            protos_dot_training__pb2.PauseJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Training/ResumeJob',
+            protos_dot_training__pb2.ResumeJobRequest.SerializeToString,
+            protos_dot_training__pb2.ResumeJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

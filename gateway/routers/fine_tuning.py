@@ -43,17 +43,43 @@ class SupervisedIn(BaseModel):
     hyperparameters: HyperparametersIn = HyperparametersIn()
 
 
+class DpoHyperparametersIn(HyperparametersIn):
+    beta: Auto | float = "auto"
+
+
+class DpoIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparametersIn = DpoHyperparametersIn()
+
+
+class TeacherIn(BaseModel):
+    """The distillation teacher: an OpenAI-compatible endpoint, and the name of a key configured for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(max_length=2048)
+    model: str = Field(max_length=256)
+    api_key_name: str = Field(default="", max_length=63)
+
+    def to_message(self) -> training_pb2.Teacher:
+        return training_pb2.Teacher(base_url=self.base_url, model=self.model, api_key_name=self.api_key_name)
+
+
 class MethodIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    type: Literal["supervised", "dpo", "reinforcement", "qlora", "full"] = "supervised"
+    type: Literal["supervised", "dpo", "reinforcement", "qlora", "full", "distillation"] = "supervised"
     supervised: SupervisedIn | None = None
+    dpo: DpoIn | None = None
     # tuneloop's own LoRA settings
     lora_r: int | None = Field(default=None, ge=1, le=256)
     lora_alpha: int | None = Field(default=None, ge=1, le=1024)
     lora_dropout: float | None = Field(default=None, ge=0, lt=1)
     early_stopping_patience: int | None = Field(default=None, ge=0, le=50)
     replay_fraction: float | None = Field(default=None, ge=0, le=0.9)
+    # For "distillation": who answers the training prompts.
+    teacher: TeacherIn | None = None
 
 
 class JobCreate(BaseModel):
@@ -68,6 +94,8 @@ class JobCreate(BaseModel):
     method: MethodIn | None = None
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
+    # tuneloop's own: "local" (default) or "openai", the remote fine-tuning API the platform is set up with
+    provider: str | None = None
 
 
 class JobPublic(BaseModel):
@@ -91,6 +119,10 @@ class JobPublic(BaseModel):
     metadata: dict[str, str] | None
     integrations: list = []
     user_provided_suffix: str | None
+    # tuneloop's own: where the job trains; for a provider, its job id and model id there
+    provider: str
+    provider_job_id: str | None
+    provider_model: str | None
 
 
 class JobsPublic(BaseModel):
@@ -145,6 +177,11 @@ def public_job(job: training_pb2.Job, tenant: str) -> JobPublic:
     hyperparameters = _hp_public(job.hyperparameters)
     method: dict[str, Any] = {"type": job.method.type or "supervised"}
     method[method["type"]] = {"hyperparameters": hyperparameters}
+    if job.method.HasField("beta"):
+        method[method["type"]] = {"hyperparameters": {**hyperparameters, "beta": job.method.beta}}
+    if job.method.HasField("teacher"):
+        teacher = job.method.teacher
+        method["teacher"] = {"base_url": teacher.base_url, "model": teacher.model, "api_key_name": teacher.api_key_name}
     error = None
     if job.error.code:
         error = {"code": job.error.code, "message": job.error.message, "param": job.error.param or None}
@@ -154,7 +191,8 @@ def public_job(job: training_pb2.Job, tenant: str) -> JobPublic:
         validation_file=job.validation_file or None, training_file=job.training_file, hyperparameters=hyperparameters,
         trained_tokens=job.trained_tokens if job.status == "succeeded" else None, error=error, seed=job.seed,
         estimated_finish=job.estimated_finish or None, method=method, metadata=dict(job.metadata) or None,
-        user_provided_suffix=job.suffix or None,
+        user_provided_suffix=job.suffix or None, provider=job.provider or "local",
+        provider_job_id=job.provider_job_id or None, provider_model=job.provider_model or None,
     )
 
 
@@ -171,11 +209,16 @@ async def create_job(
     if method.type == "reinforcement":
         raise NotImplementedYet("method.type 'reinforcement' is not supported", param="method.type")
     hyperparameters = body.hyperparameters
-    if method.supervised is not None:
+    for name, section in (("supervised", method.supervised), ("dpo", method.dpo)):
+        if section is None:
+            continue
+        if name == "dpo" and method.type != "dpo":
+            raise InvalidArgument(f"method.dpo is only for method.type 'dpo', not {method.type!r}", param="method.dpo")
         if hyperparameters is not None:
-            raise InvalidArgument("give hyperparameters either at the top level or in method.supervised, not both",
+            raise InvalidArgument(f"give hyperparameters either at the top level or in method.{name}, not both",
                                   param="hyperparameters")
-        hyperparameters = method.supervised.hyperparameters
+        hyperparameters = section.hyperparameters
+    beta = method.dpo.hyperparameters.beta if method.dpo is not None else "auto"
     request = training_pb2.CreateJobRequest(
         model=body.model,
         training_file=body.training_file,
@@ -186,9 +229,12 @@ async def create_job(
             type=method.type, lora_r=method.lora_r or 0, lora_alpha=method.lora_alpha or 0,
             lora_dropout=method.lora_dropout or 0.0, early_stopping_patience=method.early_stopping_patience or 0,
             replay_fraction=method.replay_fraction,
+            teacher=method.teacher.to_message() if method.teacher else None,
+            beta=None if beta == "auto" else beta,
         ),
         metadata=body.metadata or {},
         idempotency_key=idempotency_key or "",
+        provider=body.provider or "",
     )
     if body.seed is not None:
         request.seed = body.seed
@@ -220,13 +266,17 @@ async def cancel_job(job_id: str, clients: ClientsDep, tenant: TenantDep) -> Job
 
 
 @router.post("/{job_id}/pause", response_model=JobPublic)
-async def pause_job(job_id: str, tenant: TenantDep) -> JobPublic:
-    raise NotImplementedYet("pausing a fine-tuning job is not implemented yet; cancel it instead", param="job_id")
+async def pause_job(job_id: str, clients: ClientsDep, tenant: TenantDep) -> JobPublic:
+    response = await call("training", clients.training.PauseJob(
+        training_pb2.PauseJobRequest(job_id=job_id), **clients.options(tenant)))
+    return public_job(response.job, tenant)
 
 
 @router.post("/{job_id}/resume", response_model=JobPublic)
-async def resume_job(job_id: str, tenant: TenantDep) -> JobPublic:
-    raise NotImplementedYet("resuming a paused fine-tuning job is not implemented yet", param="job_id")
+async def resume_job(job_id: str, clients: ClientsDep, tenant: TenantDep) -> JobPublic:
+    response = await call("training", clients.training.ResumeJob(
+        training_pb2.ResumeJobRequest(job_id=job_id), **clients.options(tenant)))
+    return public_job(response.job, tenant)
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic)

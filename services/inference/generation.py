@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from services.shared.errors import InvalidArgument
+from services.shared.errors import InvalidArgument, NotImplementedYet
 from services.shared.models import ModelStore
 
 if TYPE_CHECKING:
@@ -69,6 +69,13 @@ class Generator:
         with finish_reason "stop", as an end-of-sequence token does.
         """
         _check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
+        if model_id.startswith("ft:"):
+            raise NotImplementedYet(
+                f"serving fine-tuned models ({model_id}) is not implemented yet: this backend loads base models "
+                "only, neither LoRA adapters nor full fine-tunes (the registry's model directory with its "
+                "tuneloop-adapter.json says which)",
+                param="model",
+            )
         self._store.check_known(model_id)
         with self._lock_for(model_id):
             loaded = self._models.get(model_id)

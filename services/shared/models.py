@@ -15,9 +15,11 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.shared.errors import InvalidArgument, ModelUnavailable, NotFound
+from services.shared.errors import FailedPrecondition, InvalidArgument, ModelUnavailable, NotFound
 from services.shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -110,6 +112,20 @@ class ModelStore:
             return ModelStatus(model_id, False, error.message)
         return ModelStatus(model_id, True, f"ready at {path}", int((path / "config.json").stat().st_mtime))
 
+    def parameter_count(self, model_id: str) -> int | None:
+        """Parameters of a base model, from its safetensors headers alone (no weights are read);
+        None while the built-in default is not converted yet (it is SmolLM2-135M)."""
+        self.check_known(model_id)
+        if self._is_builtin(model_id) and not self._is_converted():
+            return None
+        total = 0
+        for file in sorted(self._resolve(model_id).glob("*.safetensors")):
+            with file.open("rb") as handle:  # 8-byte header length, then name -> dtype, shape, offsets
+                (size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(size))
+            total += sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+        return total
+
     # ---- making a model loadable ----------------------------------------------------------
 
     def ensure(self, model_id: str) -> Path:
@@ -128,22 +144,27 @@ class ModelStore:
         return path
 
     def load(
-        self, model_id: str, dtype: torch.dtype | None = None
+        self, model_id: str, dtype: torch.dtype | None = None, *, quantize_4bit: bool = False
     ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Load weights and tokenizer from disk only: safetensors, no remote code, no hub.
 
         `dtype` defaults to float32 (torch is imported lazily, so listing models stays cheap).
+        `quantize_4bit`: the linear layers are quantized to NF4 as they load (QLoRA's base, through
+        bitsandbytes), on the GPU when there is one and on the CPU otherwise; `dtype` is then the
+        compute dtype of the 4-bit matmuls and of the layers left unquantized.
         """
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = self.ensure(model_id)
+        quantized = _nf4_loading(dtype or torch.float32) if quantize_4bit else {}
         model = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=dtype or torch.float32,
             local_files_only=True,
             use_safetensors=True,
             trust_remote_code=False,
+            **quantized,
         )
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
@@ -349,3 +370,28 @@ def _fsync_file(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def bitsandbytes_installed() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _nf4_loading(compute_dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for QLoRA's base: NF4 weights with double quantization (the QLoRA
+    paper's settings), on the GPU when there is one."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if not bitsandbytes_installed():
+        raise FailedPrecondition(
+            "4-bit loading needs bitsandbytes, which the 'gpu' extra installs: pip install 'tuneloop[gpu]'",
+            param="method.type",
+            code="bitsandbytes_required",
+        )
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    return {"quantization_config": config, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}

@@ -1,13 +1,16 @@
-"""One fine-tuning job in its own process: `python -m services.training.job_process` (spec on stdin).
+"""One fine-tuning job in its own process: `python -m services.training.job_process` (spec on stdin,
+or `--spec FILE` where a Kubernetes Job mounts it).
 
 The supervisor starts it and reads what it reports: JSON lines on stdout (`{"event": ...}`), while
 everything libraries print goes to stderr (the job's log). SIGTERM (cancel, shutdown) stops the
-trainer between steps; the process also dies with its parent, so a killed service never leaves a
-training run behind to race the resumed one.
+trainer between steps; SIGUSR1 (pause) stops it the same way and then checkpoints the step it
+stopped after, so the resumed job redoes nothing. The process also dies with its parent, so a
+killed service never leaves a training run behind to race the resumed one.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import json
@@ -23,7 +26,11 @@ from typing import TextIO
 from services.shared.errors import TuneloopError
 from services.shared.models import ModelStore
 from services.shared.settings import Settings
+from services.shared.teacher import TeacherClient, TeacherEndpoint, TeacherParams
+from services.training.distillation import TEACHER_API_KEY_ENV, TEMPERATURE, AnswerCache, TeacherRef, distil
+from services.training.jobs import DEFAULT_BETA, learning_rate_for, validate_full_size
 from services.training.replay import answer_prompts, cache_key, mix, replay_records
+from services.training.settings import TrainingSettings
 
 PR_SET_PDEATHSIG = 1
 
@@ -82,7 +89,40 @@ def _replay(models: ModelStore, settings: Settings, base_model: str) -> list[dic
     return replay_records(settings.data_dir / "training" / "replay", key, generate)
 
 
-def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
+class _Cancelled(Exception):
+    """Raised inside a teacher request once the job is cancelled, to stop asking."""
+
+
+def _distil(settings: TrainingSettings, method: dict, api_key: str, splits: list[list[dict]], reporter: Reporter,
+            cancel: threading.Event) -> list[list[dict]]:
+    """Each split with its answers written by the teacher (see services.training.distillation)."""
+    teacher = TeacherRef.from_method(method)
+    endpoint = TeacherEndpoint(base_url=teacher.base_url, model=teacher.model, api_key=api_key,
+                               params=TeacherParams(base_url="method.teacher.base_url", model="method.teacher.model",
+                                                    api_key="method.teacher.api_key_name"))
+    client = TeacherClient(endpoint, max_retries=settings.teacher_max_retries, timeout=settings.teacher_timeout_s)
+    cache = AnswerCache(settings.data_dir / "training" / "teacher-answers", teacher)
+
+    def ask(prompt: list[dict]) -> str:
+        if cancel.is_set():
+            raise _Cancelled
+        return client.chat(prompt, temperature=TEMPERATURE)
+
+    distilled = []
+    for name, records in zip(("training", "validation"), splits, strict=True):
+        answered, report = distil(records, ask, cache, concurrency=settings.teacher_concurrency)
+        reporter.emit("message", level="info", message=(
+            f"distillation: {teacher.model} at {teacher.base_url} answered {report.examples} {name} examples "
+            f"({report.asked} asked now, {report.cached} from the cache)"))
+        if report.empty:
+            reporter.emit("message", level="warn",
+                          message=f"distillation: left out {report.empty} {name} examples the teacher answered empty")
+        distilled.append(answered)
+    return distilled
+
+
+def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threading.Event | None = None,
+        teacher_api_key: str = "") -> None:
     from services.training.trainer import TrainConfig, Trainer  # heavy: torch, peft
 
     hyperparameters = spec["hyperparameters"]
@@ -90,17 +130,29 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
     config = TrainConfig(
         n_epochs=hyperparameters["n_epochs"],
         batch_size=hyperparameters["batch_size"],
-        learning_rate=hyperparameters["learning_rate"],
+        learning_rate=learning_rate_for(method["type"], hyperparameters["learning_rate_multiplier"]),
+        method=method["type"] if method["type"] in ("dpo", "full", "qlora") else "supervised",
+        dpo_beta=method.get("beta", DEFAULT_BETA),
         lora_r=method["lora_r"],
         lora_alpha=method["lora_alpha"],
         lora_dropout=method["lora_dropout"],
         early_stopping_patience=method["early_stopping_patience"] or None,
         seed=spec["seed"],
     )
-    settings = Settings()
+    settings = TrainingSettings()
     models = ModelStore(settings)
+    if method["type"] == "full":  # the service checked already, unless the default model was not converted yet
+        models.ensure(spec["base_model"])
+        validate_full_size(models.parameter_count(spec["base_model"]), settings.max_full_parameters)
     train = _read_jsonl(spec["train_path"])
-    fraction = method.get("replay_fraction", 0.0)
+    validation = _read_jsonl(spec["validation_path"])
+    if method["type"] == "distillation":
+        try:
+            train, validation = _distil(settings, method, teacher_api_key, [train, validation], reporter, cancel)
+        except _Cancelled:
+            return
+    # DPO's loss already anchors the policy to the base model (beta), and replay answers are chats, not pairs.
+    fraction = method.get("replay_fraction", 0.0) if method["type"] != "dpo" else 0.0
     if fraction:
         replay = _replay(models, settings, spec["base_model"])
         mixed = mix(train, replay, fraction, spec["seed"])
@@ -109,9 +161,9 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
         train = mixed
     trainer = Trainer(
         config,
-        lambda dtype: models.load(spec["base_model"], dtype=dtype),
+        lambda dtype: models.load(spec["base_model"], dtype=dtype, quantize_4bit=method["type"] == "qlora"),
         train,
-        _read_jsonl(spec["validation_path"]),
+        validation,
         output_dir=Path(spec["job_dir"]),
         base_model_id=spec["base_model"],
         cancel=cancel,
@@ -122,6 +174,9 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
         reporter.emit("message", level="info", message=f"resumed from {spec['resume_from']}")
     result = trainer.train(reporter.on_trainer_event)
     if result.status == "cancelled":
+        if pause is not None and pause.is_set():
+            checkpoint = trainer.save_checkpoint(Path(spec["job_dir"]) / "checkpoints" / "paused")
+            reporter.emit("paused", path=str(checkpoint), step=trainer.state.step)
         return
     final = Path(spec["adapter_dir"])
     shutil.rmtree(final, ignore_errors=True)
@@ -133,15 +188,38 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event) -> None:
     reporter.emit("completed", adapter_path=str(final), trained_tokens=result.trained_tokens, metrics=result.metrics)
 
 
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.training.job_process", description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", type=Path, help="read the job spec (JSON) from this file instead of stdin")
+    return parser.parse_args()
+
+
 def main() -> int:
     _die_with_parent()
     reporter = Reporter(os.fdopen(os.dup(1), "w", buffering=1))
     os.dup2(2, 1)  # from here on, anything printed goes to the job's log, not into the report stream
     cancel = threading.Event()
+    pause = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: cancel.set())
-    spec = json.loads(sys.stdin.readline())
+    signal.signal(signal.SIGUSR1, lambda *_: (pause.set(), cancel.set()))
+    arguments = _arguments()
+    if arguments.spec:
+        spec = json.loads(arguments.spec.read_text(encoding="utf-8"))
+    else:
+        spec = json.loads(sys.stdin.readline())
+    # The runner hands the one teacher key a distillation job names through the environment; taken
+    # out of it here so nothing this process starts inherits it.
+    teacher_api_key = os.environ.pop(TEACHER_API_KEY_ENV, "")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Launched by `accelerate launch` on several GPUs: the trainer runs in one process and does
+        # not shard, so N copies would train the same run N times and race on one output.
+        if int(os.environ.get("RANK", "0")) == 0:
+            reporter.emit("failed", code="distributed_not_supported", message=(
+                f"this job was launched as {os.environ['WORLD_SIZE']} processes, but the trainer does not "
+                "shard across processes yet; run it with one GPU (nodes=1, gpus_per_node=1)"))
+        return 1
     try:
-        run(spec, reporter, cancel)
+        run(spec, reporter, cancel, pause, teacher_api_key)
     except TuneloopError as error:
         reporter.emit("failed", code=error.code or "training_failed", message=error.message)
         return 1

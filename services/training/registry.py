@@ -46,15 +46,18 @@ class ModelRegistry:
 
     @staticmethod
     def _fine_tuned(row) -> RegisteredModel:
+        lineage = json.loads(row.lineage)
+        # A model trained on a provider lives there (lineage.provider_model); it has no adapter here.
+        available = bool(lineage.get("provider_model")) or (bool(row.path) and Path(row.path).is_dir())
         return RegisteredModel(
             id=row.id,
             created=row.created_at,
             owned_by=row.tenant,
             kind="fine-tuned",
             base_model=row.base_model,
-            available=Path(row.path).is_dir(),
-            unavailable_reason="" if Path(row.path).is_dir() else f"adapter files missing at {row.path}",
-            lineage=json.loads(row.lineage),
+            available=available,
+            unavailable_reason="" if available else f"adapter files missing at {row.path}",
+            lineage=lineage,
         )
 
     async def list_models(self, tenant: str) -> list[RegisteredModel]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,11 +11,20 @@ from google.protobuf import json_format
 
 from protos import training_pb2, training_pb2_grpc
 from services.shared.errors import InvalidArgument
-from services.shared.models import ModelStore
+from services.shared.models import ModelStore, bitsandbytes_installed
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import tenant_of
 from services.training import store
-from services.training.jobs import DEFAULT_REPLAY_FRACTION, Hyperparameters, JobSpec, validate_job
+from services.training.distillation import TeacherRef
+from services.training.jobs import (
+    DEFAULT_BETA,
+    DEFAULT_REPLAY_FRACTION,
+    Hyperparameters,
+    JobSpec,
+    validate_full_size,
+    validate_job,
+)
+from services.training.provider import LOCAL, validate_provider
 from services.training.registry import ModelRegistry, RegisteredModel
 from services.training.settings import TrainingSettings
 from services.training.supervisor import JobSupervisor
@@ -70,11 +80,16 @@ def job_message(job: store.JobRecord) -> training_pb2.Job:
             lora_alpha=method["lora_alpha"], lora_dropout=method["lora_dropout"],
             early_stopping_patience=method["early_stopping_patience"],
             replay_fraction=method.get("replay_fraction", 0.0),
+            teacher=training_pb2.Teacher(**method["teacher"]) if method.get("teacher") else None,
+            beta=method.get("beta"),
         ),
         suffix=job.suffix,
         metadata=json.loads(job.metadata),
         training_dataset=job.training_dataset,
         validation_dataset=job.validation_dataset,
+        provider=job.provider,
+        provider_job_id=job.provider_job_id,
+        provider_model=job.provider_model,
     )
 
 
@@ -99,7 +114,10 @@ def _spec(request: training_pb2.CreateJobRequest) -> JobSpec:
         lora_dropout=method.lora_dropout if method.lora_dropout else 0.05,
         early_stopping_patience=method.early_stopping_patience,
         replay_fraction=method.replay_fraction if method.HasField("replay_fraction") else DEFAULT_REPLAY_FRACTION,
+        beta=method.beta if method.HasField("beta") else DEFAULT_BETA,
         metadata=dict(request.metadata),
+        teacher=TeacherRef(base_url=method.teacher.base_url, model=method.teacher.model,
+                           api_key_name=method.teacher.api_key_name) if method.HasField("teacher") else None,
     )
 
 
@@ -115,6 +133,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         self._registry = registry
         self._models = models
         self._supervisor = supervisor
+        self._teacher_keys = runtime.settings.teacher_key_urls()
+        self._max_full_parameters = runtime.settings.max_full_parameters
+        self._qlora_on_cpu = runtime.settings.qlora_on_cpu
+        self._provider_configured = runtime.settings.provider_configured
 
     async def ListModels(self, request, context):
         models = await self._registry.list_models(tenant_of(context))
@@ -133,7 +155,16 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
 
         tenant = tenant_of(context)
         spec = _spec(request)
-        validate_job(spec, known_models=self._models.base_model_ids(), cuda_available=torch.cuda.is_available())
+        provider = request.provider or LOCAL
+        validate_provider(provider, configured=self._provider_configured, method=spec.method)
+        # A provider job names the remote's base model, which the remote checks when it is created.
+        known_models = self._models.base_model_ids() if provider == LOCAL else [spec.model]
+        validate_job(spec, known_models=known_models, cuda_available=torch.cuda.is_available(),
+                     teacher_keys=self._teacher_keys, qlora_on_cpu=self._qlora_on_cpu,
+                     bitsandbytes_installed=bitsandbytes_installed())
+        if spec.method == "full":
+            parameters = await asyncio.to_thread(self._models.parameter_count, spec.model)
+            validate_full_size(parameters, self._max_full_parameters)
         record = store.JobRecord(
             id=store.new_id("ftjob"), tenant=tenant, status=store.VALIDATING, model=spec.model,
             training_file=spec.training_file, validation_file=spec.validation_file, training_dataset="",
@@ -141,7 +172,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             method=json.dumps(spec.method_dict()), suffix=spec.suffix, seed=spec.seed,
             metadata=json.dumps(spec.metadata), fine_tuned_model="", trained_tokens=0, error_code="",
             error_message="", error_param="", created_at=store.now(), finished_at=None, estimated_finish=None,
-            idempotency_key=request.idempotency_key or None, attempts=0,
+            idempotency_key=request.idempotency_key or None, attempts=0, provider=provider,
         )
         async with self._db.transaction() as session:
             stored, created = await store.add_job(session, record)
@@ -165,6 +196,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def CancelJob(self, request, context):
         job = await self._supervisor.cancel(tenant_of(context), request.job_id)
         return training_pb2.CancelJobResponse(job=job_message(job))
+
+    async def PauseJob(self, request, context):
+        job = await self._supervisor.pause(tenant_of(context), request.job_id)
+        return training_pb2.PauseJobResponse(job=job_message(job))
+
+    async def ResumeJob(self, request, context):
+        job = await self._supervisor.resume(tenant_of(context), request.job_id)
+        return training_pb2.ResumeJobResponse(job=job_message(job))
 
     async def ListJobEvents(self, request, context):
         limit = _limit(request.limit)

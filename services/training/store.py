@@ -42,6 +42,15 @@ jobs = sa.Table(
     sa.Column("estimated_finish", sa.BigInteger, nullable=True),
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False),
+    # Where a paused job continues from: a checkpoint taken at the step it stopped after.
+    sa.Column("pause_checkpoint", sa.Text, nullable=False, server_default=""),
+    sa.Column("pause_step", sa.BigInteger, nullable=False, server_default="0"),
+    # Where the job trains: "local", or "openai" (a remote OpenAI-compatible fine-tuning API), and
+    # there the remote job's id, its model's id and the last remote event mirrored here.
+    sa.Column("provider", sa.String(16), nullable=False, server_default="local"),
+    sa.Column("provider_job_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("provider_model", sa.String(255), nullable=False, server_default=""),
+    sa.Column("provider_event_cursor", sa.String(64), nullable=False, server_default=""),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_training_jobs_idempotency"),
     sa.Index("ix_training_jobs_tenant", "tenant", "created_at"),
     sa.Index("ix_training_jobs_status", "status"),
@@ -87,9 +96,11 @@ models = sa.Table(
     sa.Index("ix_training_models_tenant", "tenant", "created_at"),
 )
 
-VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
+VALIDATING, QUEUED, RUNNING, PAUSED = "validating_files", "queued", "running", "paused"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-ACTIVE = (VALIDATING, QUEUED, RUNNING)
+# Not finished: a cancel still applies.
+ACTIVE = (VALIDATING, QUEUED, RUNNING, PAUSED)
+PAUSABLE = (QUEUED, RUNNING)
 
 
 def now() -> int:
@@ -125,6 +136,12 @@ class JobRecord:
     estimated_finish: int | None
     idempotency_key: str | None
     attempts: int
+    pause_checkpoint: str = ""
+    pause_step: int = 0
+    provider: str = "local"
+    provider_job_id: str = ""
+    provider_model: str = ""
+    provider_event_cursor: str = ""
 
     @classmethod
     def from_row(cls, row) -> JobRecord:

@@ -1,4 +1,7 @@
-"""Supervised LoRA fine-tuning on a CPU: the loss on the assistant's tokens only, seeded, resumable.
+"""Fine-tuning on a CPU, seeded and resumable: supervised LoRA (the loss on the assistant's tokens
+only), DPO of a LoRA adapter on preference pairs (`method="dpo"`, dpo.py) and full fine-tuning of a
+small model (`method="full"`, full.py). What differs between them is an objective (objectives.py)
+and which weights train; the loop, checkpoints, resume, cancel, early stopping and events are one.
 
     trainer = Trainer(TrainConfig(n_epochs=3, batch_size=8, learning_rate=2e-4), (model, tokenizer),
                       train_examples, valid_examples, output_dir=run_dir, base_model_id="smollm2-135m-instruct")
@@ -9,7 +12,8 @@ After each epoch a checkpoint (a servable adapter plus the optimizer, scheduler 
 written to `output_dir/checkpoints/epoch-N`; `resume_from` continues from one exactly as if the
 run had never stopped. The final adapter has the weights of the epoch with the lowest validation
 loss (the last epoch when there is no validation set) and carries the tokenizer and chat template
-it was trained with, so serving renders prompts the same way.
+it was trained with, so serving renders prompts the same way. With `method="full"` the "adapter"
+directory holds a whole model instead (config and safetensors); its manifest says `"kind": "full"`.
 """
 
 from __future__ import annotations
@@ -22,21 +26,18 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from services.shared.errors import InvalidArgument
-from services.training.batching import (
-    EncodedExample,
-    collate,
-    encode_dataset,
-    length_grouped_batches,
-    micro_batches,
-)
-from services.training.lora import labelled_loss, wrap_with_lora
+from services.training import full
+from services.training.batching import length_grouped_batches, micro_batches
+from services.training.dpo import DEFAULT_BETA, DpoObjective
+from services.training.lora import is_quantized, wrap_with_lora
+from services.training.objectives import Objective, SupervisedObjective
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -53,6 +54,7 @@ STATE_TENSORS = "trainer_state.pt"
 BEST_WEIGHTS = "best_adapter.safetensors"
 # Fields a resumed run may change; any other difference would make it a different run.
 RESUMABLE_CHANGES = {"early_stopping_patience", "num_threads"}
+METHODS = ("supervised", "dpo", "full", "qlora")
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -101,6 +103,11 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     # None: one per physical core.
     num_threads: int | None = None
+    # "supervised" (LoRA), "dpo" (LoRA, on preference pairs), "full" (every weight, no LoRA) or
+    # "qlora" (LoRA on a base the model source loaded in 4 bits, see ModelStore.load).
+    method: str = "supervised"
+    # DPO's beta: how far the policy may move from the base model.
+    dpo_beta: float = DEFAULT_BETA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -144,6 +151,8 @@ class TrainConfig:
              f"must be a positive number or None, got {self.max_grad_norm!r}"),
             ("num_threads", self.num_threads is None or integer(self.num_threads, 1),
              f"must be an integer >= 1 or None, got {self.num_threads!r}"),
+            ("method", self.method in METHODS, f"must be one of {', '.join(METHODS)}, got {self.method!r}"),
+            ("dpo_beta", number(self.dpo_beta) and self.dpo_beta > 0, f"must be a positive number, got {self.dpo_beta!r}"),
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +165,9 @@ class TrainState:
 
     epochs_completed: int = 0
     step: int = 0
+    # Batches of the epoch in progress already trained: a checkpoint taken mid-epoch (a paused
+    # job's) resumes after them, since an epoch's batches are a function of (seed, epoch) only.
+    epoch_step: int = 0
     trained_tokens: int = 0
     best_valid_loss: float | None = None
     best_epoch: int | None = None
@@ -170,6 +182,7 @@ class TrainResult:
     epochs_completed: int
     steps: int
     trained_tokens: int
+    # The servable result: a LoRA adapter, or a whole model for method "full".
     adapter_dir: Path | None
     best_epoch: int | None
     metrics: dict[str, Any]
@@ -185,15 +198,21 @@ def _linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int],
     return factor
 
 
-def _data_fingerprint(examples: Sequence[EncodedExample]) -> str:
+def _data_fingerprint(examples: Sequence[Any]) -> str:
     digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps([example.input_ids, example.labels]).encode())
+    for example in examples:  # an EncodedExample is (input_ids, labels); a pair, two of them
+        digest.update(json.dumps(astuple(example)).encode())
     return digest.hexdigest()
 
 
+def _objective(config: TrainConfig) -> Objective:
+    if config.method == "dpo":
+        return DpoObjective(config.dpo_beta)
+    return SupervisedObjective(full.labelled_loss) if config.method == "full" else SupervisedObjective()
+
+
 class Trainer:
-    """One supervised LoRA run: `setup()`, optionally `resume_from()`, then `train()`."""
+    """One run (supervised LoRA, DPO or full): `setup()`, optionally `resume_from()`, then `train()`."""
 
     def __init__(
         self,
@@ -216,33 +235,52 @@ class Trainer:
         self._cancel = cancel
         self.model: Any = None
         self.state = TrainState()
+        self.objective = _objective(config)
+        self._full = config.method == "full"
 
     # ---- setup -----------------------------------------------------------------------------
 
     def setup(self) -> None:
         config = self.config
-        bf16 = cpu_supports_bf16() if config.bf16 is None else config.bf16
+        on_gpu = config.method == "qlora" and torch.cuda.is_available()  # where ModelStore loads a 4-bit base
+        native_bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_supports_bf16()
+        bf16 = native_bf16 if config.bf16 is None else config.bf16
         torch.set_num_threads(config.num_threads or physical_cores())
         if callable(self._model_source):
-            model, tokenizer = self._model_source(torch.bfloat16 if bf16 else torch.float32)
+            # Full fine-tuning keeps float32 master weights (bf16 only under autocast).
+            model, tokenizer = self._model_source(torch.bfloat16 if bf16 and not self._full else torch.float32)
         else:
             model, tokenizer = self._model_source
         if not tokenizer.chat_template:
             raise InvalidArgument("the base model's tokenizer has no chat template", param="model")
+        if (config.method == "qlora") != is_quantized(model):
+            raise InvalidArgument("method 'qlora' trains a base loaded in 4 bits, and only it does: load the model "
+                                  "with quantize_4bit for it", param="method")
         context = getattr(model.config, "max_position_embeddings", None) or MAX_DEFAULT_LENGTH
         self.config = config = replace(config, bf16=bf16, max_length=config.max_length or min(context, MAX_DEFAULT_LENGTH))
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.train_data, self.dropped = encode_dataset(tokenizer, self._raw_train, config.max_length)
-        self.valid_data, dropped_valid = encode_dataset(tokenizer, self._raw_valid, config.max_length, "validation_file")
+        objective = self.objective
+        self.train_data, self.dropped = objective.encode(tokenizer, self._raw_train, config.max_length, "training_file")
+        self.valid_data, dropped_valid = objective.encode(tokenizer, self._raw_valid, config.max_length,
+                                                          "validation_file")
         self.dropped += dropped_valid
         self.state = TrainState(data_sha256=_data_fingerprint(self.train_data + self.valid_data))
+        # Micro-batches are cut by example; an example of DPO is two sequences.
+        self._microbatch_tokens = max(1, config.max_tokens_per_microbatch // objective.rows_per_example)
 
         torch.manual_seed(config.seed)  # LoRA's A matrices, then dropout masks
-        self.model = wrap_with_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                                    target_modules=config.target_modules, bf16=bf16)
-        self.model.peft_config["default"].base_model_name_or_path = self.base_model_id
+        if self._full:
+            self.model = full.prepare_full_model(model)
+        else:
+            self.model = wrap_with_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                                        target_modules=config.target_modules, bf16=bf16)
+            self.model.peft_config["default"].base_model_name_or_path = self.base_model_id
         self.model.train()
+        if isinstance(objective, DpoObjective):
+            self.train_data, self.valid_data = (
+                objective.prepare(self.model, data, self.pad_id, bf16, config.max_tokens_per_microbatch)
+                for data in (self.train_data, self.valid_data))
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay,
                                            foreach=True)
@@ -265,23 +303,25 @@ class Trainer:
         if self.dropped:
             emit({"type": "message", "level": "warn",
                   "message": f"{self.dropped} examples have no assistant token within {config.max_length} tokens; skipped"})
-        lengths = [len(example) for example in self.train_data]
+        lengths = [self.objective.length(example) for example in self.train_data]
         run_tokens, run_seconds, run_steps = 0, 0.0, 0
         status = "succeeded"
         for epoch in range(state.epochs_completed, config.n_epochs):
-            for batch in length_grouped_batches(lengths, config.batch_size, config.seed, epoch):
+            batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
+            for batch in batches[state.epoch_step:]:
                 if self._cancelled():
                     status = "cancelled"
                     break
                 started = time.perf_counter()
-                loss, accuracy, tokens = self._train_step(batch, lengths)
+                metrics, tokens = self._train_step(batch, lengths)
                 run_seconds += time.perf_counter() - started
                 run_tokens += tokens
                 run_steps += 1
                 state.step += 1
+                state.epoch_step += 1
                 state.trained_tokens += tokens
                 emit({"type": "step", "step": state.step, "epoch": epoch + 1, "total_steps": self.total_steps,
-                      "train_loss": loss, "train_mean_token_accuracy": accuracy,
+                      **metrics,
                       "tokens_per_second": run_tokens / run_seconds,
                       "eta_seconds": (self.total_steps - state.step) * run_seconds / run_steps})
             if status == "cancelled":
@@ -308,62 +348,60 @@ class Trainer:
             return self._cancel.is_set()
         return bool(self._cancel())
 
-    def _train_step(self, batch: list[int], lengths: list[int]) -> tuple[float, float, int]:
-        """One optimizer step over a batch, run as micro-batches whose summed losses are divided by
-        the batch's label count, so the gradient is the whole batch's."""
-        examples = self.train_data
-        n_labels = sum(examples[i].n_targets for i in batch)
-        loss_total, correct_total, tokens = 0.0, 0, 0
-        for part in micro_batches(batch, lengths, self.config.max_tokens_per_microbatch):
-            inputs = self._collate(part, examples)
-            loss_sum, correct, _ = labelled_loss(self.model, inputs, self.config.bf16)
-            (loss_sum / n_labels).backward()
-            loss_total += loss_sum.item()
-            correct_total += int(correct)
-            tokens += sum(len(examples[i]) for i in part)
+    def _losses(self, examples: Sequence[Any], indices: Sequence[int], lengths: Sequence[int],
+                weight: int) -> tuple[dict[str, float], int]:
+        """Run `indices` as micro-batches, each summed loss divided by `weight` (backward when
+        gradients are on), so the gradient is the whole batch's; the summed metrics and tokens."""
+        objective, totals, tokens = self.objective, {"loss": 0.0}, 0
+        for part in micro_batches(indices, lengths, self._microbatch_tokens):
+            rows = [examples[i] for i in part]
+            loss_sum, stats = objective.loss(self.model, rows, self.pad_id, self.config.bf16)
+            if torch.is_grad_enabled():
+                (loss_sum / weight).backward()
+            for name, value in {"loss": loss_sum.item(), **stats}.items():
+                totals[name] = totals.get(name, 0.0) + value
+            tokens += sum(objective.tokens(row) for row in rows)
+        return totals, tokens
+
+    def _train_step(self, batch: list[int], lengths: list[int]) -> tuple[dict[str, float], int]:
+        """One optimizer step over a batch: its `train_*` metrics and the tokens it read."""
+        weight = sum(self.objective.weight(self.train_data[i]) for i in batch)
+        totals, tokens = self._losses(self.train_data, batch, lengths, weight)
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_total / n_labels, correct_total / n_labels, tokens
-
-    def _collate(self, part: list[int], examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor | None]:
-        return collate([examples[i] for i in part], self.pad_id)
+        return self.objective.metrics(totals, weight, "train_"), tokens
 
     def evaluate(self) -> dict[str, float | None]:
-        """Validation loss and token accuracy: on one batch (OpenAI's `valid_*`, the first
-        batch_size validation examples, the same every epoch) and on the whole set (`full_valid_*`)."""
+        """The objective's validation metrics (loss, and token accuracy or DPO's reward accuracy and
+        margin): on one batch (OpenAI's `valid_*`, the first batch_size validation examples, the
+        same every epoch) and on the whole set (`full_valid_*`)."""
         self._require_setup()
-        if not self.valid_data:
-            return {"valid_loss": None, "valid_mean_token_accuracy": None,
-                    "full_valid_loss": None, "full_valid_mean_token_accuracy": None}
-        lengths = [len(example) for example in self.valid_data]
-        sample = list(range(min(self.config.batch_size, len(self.valid_data))))
-        rest = list(range(len(sample), len(self.valid_data)))
-        sums = []
+        objective, data = self.objective, self.valid_data
+        if not data:
+            return {f"{prefix}{name}": None for prefix in ("valid_", "full_valid_") for name in objective.metric_names}
+        lengths = [objective.length(example) for example in data]
+        sample = list(range(min(self.config.batch_size, len(data))))
+        rest = list(range(len(sample), len(data)))
         self.model.eval()
         try:
             with torch.inference_mode():
-                for indices in (sample, rest):
-                    loss, correct, count = 0.0, 0, 0
-                    for part in micro_batches(indices, lengths, self.config.max_tokens_per_microbatch):
-                        loss_sum, part_correct, part_count = labelled_loss(
-                            self.model, self._collate(part, self.valid_data), self.config.bf16)
-                        loss, correct, count = loss + loss_sum.item(), correct + int(part_correct), count + part_count
-                    sums.append((loss, correct, count))
+                (sample_totals, _), (rest_totals, _) = (self._losses(data, indices, lengths, 1)
+                                                        for indices in (sample, rest))
         finally:
             self.model.train()
-        (s_loss, s_correct, s_count), (r_loss, r_correct, r_count) = sums
-        total = s_count + r_count
-        return {"valid_loss": s_loss / s_count, "valid_mean_token_accuracy": s_correct / s_count,
-                "full_valid_loss": (s_loss + r_loss) / total,
-                "full_valid_mean_token_accuracy": (s_correct + r_correct) / total}
+        sample_weight = sum(objective.weight(data[i]) for i in sample)
+        whole = {name: sample_totals[name] + rest_totals.get(name, 0.0) for name in sample_totals}
+        return {**objective.metrics(sample_totals, sample_weight, "valid_"),
+                **objective.metrics(whole, sum(objective.weight(example) for example in data), "full_valid_")}
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         state = self.state
         metrics = self.evaluate()
         state.epochs_completed = epoch + 1
+        state.epoch_step = 0
         valid = metrics["full_valid_loss"]
         if valid is None or state.best_valid_loss is None or valid < state.best_valid_loss:
             state.best_valid_loss, state.best_epoch = valid, epoch + 1
@@ -377,13 +415,19 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------
 
     def _adapter_weights(self) -> dict[str, torch.Tensor]:
+        """The weights that train: the adapter's, or every one for method "full"."""
         from peft.utils import get_peft_model_state_dict
 
+        if self._full:
+            return full.trainable_weights(self.model)
         return get_peft_model_state_dict(self.model, save_embedding_layers=False)
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         from peft.utils import set_peft_model_state_dict
 
+        if self._full:
+            full.load_trainable_weights(self.model, weights)
+            return
         result = set_peft_model_state_dict(self.model, weights)
         if result.unexpected_keys:
             raise InvalidArgument(f"adapter weights do not fit this model: {result.unexpected_keys[:3]}",
@@ -391,15 +435,22 @@ class Trainer:
 
     def save_adapter(self, directory: Path) -> Path:
         """A servable adapter: peft's files (safetensors), the tokenizer with its chat template,
-        and `tuneloop-adapter.json` saying what it was trained from and how well it did."""
+        and `tuneloop-adapter.json` saying what it was trained from and how well it did. For method
+        "full", a whole model instead (config, safetensors), with the same tokenizer and manifest."""
         self._require_setup()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
+        if self._full:
+            self.model.save_pretrained(str(directory))  # transformers 5 writes safetensors only
+        else:
+            self.model.save_pretrained(str(directory), safe_serialization=True, save_embedding_layers=False)
         self.tokenizer.save_pretrained(str(directory))
         template = self.tokenizer.chat_template
         manifest = {
             "format": 1,
+            # "lora": peft adapter files to apply to base_model; "full": a complete model.
+            "kind": "full" if self._full else "lora",
+            "method": self.config.method,
             "base_model": self.base_model_id,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest(),
             "train_config": self.config.to_dict(),
@@ -424,7 +475,9 @@ class Trainer:
         self.save_adapter(tmp)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state()}, tmp / STATE_TENSORS)
-        if self._best_weights is not None and self.state.best_epoch != self.state.epochs_completed:
+        # Mid-epoch the live weights are past the best epoch's even when it is the last one completed.
+        if self._best_weights is not None and (self.state.best_epoch != self.state.epochs_completed
+                                               or self.state.epoch_step):
             save_file({k: v.contiguous() for k, v in self._best_weights.items()}, str(tmp / BEST_WEIGHTS))
         (tmp / STATE_JSON).write_text(json.dumps({"config": self.config.to_dict(), "state": asdict(self.state)}, indent=2))
         shutil.rmtree(directory, ignore_errors=True)
@@ -447,7 +500,8 @@ class Trainer:
         state = TrainState(**saved["state"])
         if state.data_sha256 != self.state.data_sha256:
             raise InvalidArgument("checkpoint was made from different training data", param="checkpoint")
-        self._load_weights(load_file(str(directory / "adapter_model.safetensors")))
+        self._load_weights(full.read_saved_weights(directory) if self._full
+                           else load_file(str(directory / "adapter_model.safetensors")))
         # weights_only: our own dicts of tensors and numbers; never unpickle arbitrary objects.
         blob = torch.load(directory / STATE_TENSORS, weights_only=True)
         self.optimizer.load_state_dict(blob["optimizer"])

@@ -218,3 +218,41 @@ def test_readme_fine_tuning_examples_work(stack, tmp_path):
     assert namespace["job"].status == "validating_files"
     client = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY)
     assert _wait(client, namespace["job"].id, timeout=300).status == "succeeded"
+
+
+def test_the_sdk_pauses_and_resumes_a_job_which_ends_as_if_never_stopped(client, stack):
+    file = _task_file(client, n=30)
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id,
+                                         hyperparameters={"n_epochs": 2, "batch_size": 1})
+    deadline = time.monotonic() + 180
+    while not any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
+        assert time.monotonic() < deadline, "the job never trained a step"
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
+        time.sleep(0.2)
+    paused = client.fine_tuning.jobs.pause(job.id)
+    assert paused.status == "paused" and paused.estimated_finish is None
+    assert not [p for p in stack.children() if "services.training.job_process" in p.cmdline()]
+    time.sleep(1.5)  # a supervisor tick: a paused job is not picked up again
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    with pytest.raises(openai.ConflictError) as raised:
+        client.fine_tuning.jobs.pause(job.id)
+    assert "is paused" in raised.value.message and raised.value.body["param"] == "fine_tuning_job_id"
+
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    job = _wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))  # every page, oldest first
+    messages = [e.message for e in events]
+    assert messages.index("Job paused.") < messages.index("Job resumed.")
+    assert any(m.startswith("Fine-tuning job resumed from the checkpoint of step") for m in messages)
+    steps = [e.data for e in events if e.type == "metrics" and "total_steps" in e.data]
+    # every step once: none redone after the pause, none skipped
+    assert [s["step"] for s in steps] == list(range(1, int(steps[-1]["total_steps"]) + 1))
+    assert len(list(client.fine_tuning.jobs.checkpoints.list(job.id))) == 2  # the pause's is not an epoch's
+
+    for verb in (client.fine_tuning.jobs.pause, client.fine_tuning.jobs.resume):
+        with pytest.raises(openai.ConflictError) as raised:
+            verb(job.id)
+        assert "is succeeded" in raised.value.message
+        with pytest.raises(openai.NotFoundError):
+            verb("ftjob-nope")

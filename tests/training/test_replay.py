@@ -8,7 +8,6 @@ import pytest
 
 from services.shared.errors import InvalidArgument
 from services.training.replay import answer_prompts, general_prompts, mix, replay_records
-from tests.training.test_trainer import load_tiny
 
 PROMPTS = general_prompts()[:24]
 TOKENS = 6
@@ -22,7 +21,7 @@ def _chat(prompt: str, answer: str) -> dict:
 def _train(base, records, output_dir, **overrides):
     from services.training.trainer import TrainConfig, Trainer
 
-    settings = {"n_epochs": 4, "batch_size": 4, "learning_rate": 3e-2, "bf16": False, "seed": 7, **overrides}
+    settings = {"n_epochs": 4, "batch_size": 4, "learning_rate": 1e-2, "bf16": False, "seed": 7, **overrides}
     trainer = Trainer(TrainConfig(**settings), base, records, records[:4], output_dir=output_dir, base_model_id="tiny")
     trainer.setup()
     trainer.train()
@@ -37,16 +36,22 @@ def _agreement(model, tokenizer, reference: list[str]) -> float:
 
 @pytest.fixture(scope="module")
 def knowing_base(tiny_model_dir, tmp_path_factory):
-    """The tiny model taught short answers to the general prompts, then merged: a base model with
-    definite general behaviour (a random tiny model only emits special tokens) for a narrow
-    fine-tune to disturb."""
-    model, tokenizer = load_tiny(tiny_model_dir)
+    """The tiny model taught short answers to the general prompts: a base model with definite
+    general behaviour (a random tiny model only emits special tokens) for a narrow fine-tune to
+    disturb. Every weight is trained: LoRA alone cannot move a random model's tied, near-zero
+    embeddings far enough to learn anything (measured: loss stuck at ~10.3 of ln(vocab) = 10.8)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     general = [_chat(p, w) for p, w in zip(PROMPTS, WORDS, strict=True)]
-    trainer = _train((model, tokenizer), general, tmp_path_factory.mktemp("knowing"), n_epochs=15)
-    merged = trainer.model.merge_and_unload()
-    assert all(answer_prompts(merged, tokenizer, PROMPTS, max_new_tokens=TOKENS))
+    trainer = _train((model, tokenizer), general, tmp_path_factory.mktemp("knowing"), n_epochs=30,
+                     learning_rate=1e-2, method="full")
+    answers = answer_prompts(trainer.model, tokenizer, PROMPTS, max_new_tokens=TOKENS)
+    assert sum(a == w for a, w in zip(answers, WORDS, strict=True)) >= 20, answers
     path = tmp_path_factory.mktemp("knowing-base")
-    merged.save_pretrained(path, safe_serialization=True)
+    trainer.model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
 
@@ -68,12 +73,14 @@ def test_replay_keeps_general_answers_that_plain_training_loses(knowing_base, tm
     reference = answer_prompts(model, tokenizer, PROMPTS, max_new_tokens=TOKENS)  # what the base model says
     replay = [_chat(p, a) for p, a in zip(PROMPTS, reference, strict=True) if a]
     domain = _narrow_task()
+    held_out = [f"What is the status of ticket {i}?" for i in range(100, 104)]
     results = {}
     for name, train in (("plain", domain), ("replay", mix(domain, replay, 0.3, seed=1))):
         trainer = _train(base(), train, tmp_path / name)
+        assert answer_prompts(trainer.model, tokenizer, held_out, max_new_tokens=TOKENS) == ["no"] * 4  # learnt
         results[name] = _agreement(trainer.model, tokenizer, reference)
-    assert results["plain"] <= 0.5, results  # plain training forgets
-    assert results["replay"] >= results["plain"] + 0.3, results  # replay keeps most of it
+    assert results["plain"] <= 0.6, results  # plain training forgets: every answer becomes the domain's
+    assert results["replay"] >= 0.8 and results["replay"] >= results["plain"] + 0.3, results  # replay keeps them
 
 
 def test_mix_adds_the_fraction_and_is_seeded():

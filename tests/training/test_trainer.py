@@ -194,6 +194,30 @@ def test_a_run_resumed_from_its_epoch_checkpoint_ends_as_an_uninterrupted_one(ti
         torch.testing.assert_close(actual[name], tensor, atol=1e-5, rtol=1e-4)
 
 
+def test_a_run_checkpointed_mid_epoch_resumes_exactly_where_it_stopped(tiny_model_dir, tmp_path):
+    """What a paused job does: stop after a step in the middle of an epoch, checkpoint, resume."""
+    whole_steps, _, whole = run(make_trainer(tiny_model_dir, tmp_path / "whole"))
+
+    stop = threading.Event()
+    interrupted = make_trainer(tiny_model_dir, tmp_path / "paused", cancel=stop)
+    stopped = interrupted.train(lambda event: stop.set() if event.get("step") == 8 else None)
+    assert (stopped.status, stopped.epochs_completed, stopped.steps) == ("cancelled", 1, 8)
+    interrupted.save_checkpoint(tmp_path / "paused" / "checkpoints" / "paused")
+
+    resumed = make_trainer(tiny_model_dir, tmp_path / "paused")
+    resumed.resume_from(tmp_path / "paused" / "checkpoints" / "paused")
+    assert (resumed.state.step, resumed.state.epoch_step) == (8, 2)
+    resumed_steps, epochs, result = run(resumed)
+    assert [s["step"] for s in resumed_steps] == list(range(9, 19))
+    assert [e["epoch"] for e in epochs] == [2, 3]
+    assert [s["train_loss"] for s in resumed_steps] == pytest.approx([s["train_loss"] for s in whole_steps[8:]], abs=1e-5)
+    assert (result.steps, result.trained_tokens, result.best_epoch) == (whole.steps, whole.trained_tokens, whole.best_epoch)
+    expected = load_file(whole.adapter_dir / "adapter_model.safetensors")
+    actual = load_file(result.adapter_dir / "adapter_model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, atol=1e-5, rtol=1e-4)
+
+
 def test_resume_refuses_a_checkpoint_of_different_settings(tiny_model_dir, tmp_path):
     run(make_trainer(tiny_model_dir, tmp_path, n_epochs=1))
     other = make_trainer(tiny_model_dir, tmp_path / "other", n_epochs=1, lora_r=4)
