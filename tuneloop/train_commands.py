@@ -13,9 +13,10 @@ from rich.table import Table
 
 from tuneloop.api import Api, ApiError
 
-app = typer.Typer(help="Fine-tuning jobs: create, list, follow.", no_args_is_help=True)
+app = typer.Typer(help="Fine-tuning jobs: create, list, follow, pause, resume, cancel.", no_args_is_help=True)
 console = Console()
 FINISHED = ("succeeded", "failed", "cancelled")
+METHODS = ("supervised", "dpo", "full", "qlora", "distillation")
 
 UrlOption = Annotated[str | None, typer.Option(help="The gateway [default: $TUNELOOP_URL or http://127.0.0.1:8000]")]
 KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key [default: $TUNELOOP_API_KEY]")]
@@ -39,11 +40,20 @@ def create(
     suffix: Annotated[str | None, typer.Option(help="Part of the fine-tuned model's name")] = None,
     validation_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}")] = "supervised",
+    beta: Annotated[float | None, typer.Option(help="DPO's beta [default: auto]")] = None,
+    teacher_url: Annotated[str | None, typer.Option(help="Distillation: the teacher's OpenAI-compatible base URL")] = None,
+    teacher_model: Annotated[str | None, typer.Option(help="Distillation: the teacher's model")] = None,
+    teacher_key_name: Annotated[str, typer.Option(help="Distillation: a configured teacher key's name")] = "",
+    provider: Annotated[str | None, typer.Option(help="local, or openai: the configured remote fine-tuning API")] = None,
     follow: Annotated[bool, typer.Option(help="Wait for the job and show its progress")] = True,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Upload FILE and start a fine-tuning job on it."""
+    if method not in METHODS:
+        console.print(f"[red]--method {method!r}: use one of {', '.join(METHODS)}[/red]")
+        raise typer.Exit(2)
     api = _api(url, api_key)
     try:
         with console.status(f"uploading {file.name}"):
@@ -54,9 +64,11 @@ def create(
                                               ("learning_rate_multiplier", learning_rate_multiplier)) if v is not None}
         if hyperparameters:
             body["hyperparameters"] = hyperparameters
-        for name, value in (("suffix", suffix), ("validation_file", validation), ("seed", seed)):
+        for name, value in (("suffix", suffix), ("validation_file", validation), ("seed", seed),
+                            ("provider", provider)):
             if value is not None:
                 body[name] = value
+        body["method"] = _method(method, beta, teacher_url, teacher_model, teacher_key_name)
         job = api.post("/v1/fine_tuning/jobs", json=body)
         console.print(f"created [bold]{job['id']}[/bold] ({job['status']})")
         if follow:
@@ -66,6 +78,17 @@ def create(
         raise typer.Exit(2) from None
     if job["status"] in ("failed", "cancelled"):
         raise typer.Exit(1)
+
+
+def _method(method: str, beta: float | None, teacher_url: str | None, teacher_model: str | None,
+            teacher_key_name: str) -> dict:
+    """OpenAI's `method` object, with tuneloop's teacher for distillation (the gateway validates it)."""
+    body: dict = {"type": method}
+    if beta is not None:
+        body["dpo"] = {"hyperparameters": {"beta": beta}}
+    if teacher_url or teacher_model:
+        body["teacher"] = {"base_url": teacher_url or "", "model": teacher_model or "", "api_key_name": teacher_key_name}
+    return body
 
 
 def _follow(api: Api, job_id: str) -> dict:
@@ -83,10 +106,12 @@ def _follow(api: Api, job_id: str) -> dict:
                                 loss=f"loss {data['train_loss']:.4f}", description=f"{job_id} {job['status']}")
             else:
                 progress.update(task, description=f"{job_id} {job['status']}")
-            if job["status"] in FINISHED:
+            if job["status"] in (*FINISHED, "paused"):
                 break
             time.sleep(1)
-    if job["status"] == "succeeded":
+    if job["status"] == "paused":
+        console.print(f"[yellow]paused[/yellow]: `tuneloop train resume {job_id}` continues it")
+    elif job["status"] == "succeeded":
         console.print(f"[green]succeeded[/green]: {job['fine_tuned_model']} ({job['trained_tokens']} tokens trained)")
     else:
         error = job.get("error") or {}
@@ -137,3 +162,31 @@ def events(
     except ApiError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+
+
+def _change(verb: str, job_id: str, url: str | None, api_key: str | None) -> None:
+    api = _api(url, api_key)
+    try:
+        job = api.post(f"/v1/fine_tuning/jobs/{job_id}/{verb}")
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"{job['id']}: {job['status']}")
+
+
+@app.command("pause")
+def pause(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Pause a queued or running job; it keeps its progress (a checkpoint of the step it is on)."""
+    _change("pause", job_id, url, api_key)
+
+
+@app.command("resume")
+def resume(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Queue a paused job again; it continues from where it was paused."""
+    _change("resume", job_id, url, api_key)
+
+
+@app.command("cancel")
+def cancel(job_id: str, url: UrlOption = None, api_key: KeyOption = None) -> None:
+    """Cancel a job that has not finished; its training process is stopped."""
+    _change("cancel", job_id, url, api_key)

@@ -36,7 +36,7 @@ from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
 from services.training.batching import EncodedExample, collate, encode_chat, micro_batches
 from services.training.jobs import DEFAULT_BETA
-from services.training.lora import LOGIT_CHUNK_ELEMENTS
+from services.training.lora import LOGIT_CHUNK_ELEMENTS, on_model_device
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -142,8 +142,9 @@ def sequence_log_probs(peft_model: PeftModel, batch: dict[str, torch.Tensor | No
     """Each row's log-probability of its labelled tokens, summed: shape [rows]. The decoder runs on
     every token, the LM head only where the next token is a label."""
     base = peft_model.get_base_model()
+    device, batch = on_model_device(base, batch)
     labels = batch["labels"]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         hidden = base.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state
@@ -154,7 +155,8 @@ def sequence_log_probs(peft_model: PeftModel, batch: dict[str, torch.Tensor | No
     token_log_probs = _FusedTokenLogProbs.apply(hidden[:, :-1][targets_mask], weight, labels[:, 1:][targets_mask],
                                                 torch.bfloat16 if bf16 else weight.dtype)
     row_of_token = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(targets_mask)[targets_mask]
-    return torch.zeros(labels.shape[0], dtype=token_log_probs.dtype).index_add(0, row_of_token, token_log_probs)
+    return torch.zeros(labels.shape[0], dtype=token_log_probs.dtype, device=device).index_add(
+        0, row_of_token, token_log_probs)
 
 
 def _rows(pairs: Sequence[EncodedPair]) -> list[EncodedExample]:
@@ -202,7 +204,8 @@ class DpoObjective:
 
     def loss(self, model, pairs, pad_id, bf16):
         logps = sequence_log_probs(model, collate(_rows(pairs), pad_id), bf16)
-        reference = torch.tensor([[pair.ref_chosen, pair.ref_rejected] for pair in pairs], dtype=logps.dtype)
+        reference = torch.tensor([[pair.ref_chosen, pair.ref_rejected] for pair in pairs], dtype=logps.dtype,
+                                 device=logps.device)
         chosen_rewards = self.beta * (logps[0::2] - reference[:, 0])
         rejected_rewards = self.beta * (logps[1::2] - reference[:, 1])
         margins = chosen_rewards - rejected_rewards

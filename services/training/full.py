@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from services.shared.errors import InvalidArgument
+from services.training.lora import on_model_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -41,9 +42,10 @@ def labelled_loss(
     model: PreTrainedModel, batch: dict[str, torch.Tensor | None], bf16: bool
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(summed loss, correct predictions, label count) of one micro-batch, the head trainable."""
+    device, batch = on_model_device(model, batch)
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         hidden = model.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state

@@ -80,7 +80,7 @@ def _lean_lora_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torc
         x = dropout(x)
     down = self.lora_A[name](x.to(self.lora_A[name].weight.dtype) if self.cast_input_dtype_enabled else x) * scale
     up = self.lora_B[name].weight
-    if not torch.is_autocast_enabled("cpu"):
+    if not torch.is_autocast_enabled(x.device.type):
         down, up = down.to(result.dtype), up.to(result.dtype)
     flat = torch.addmm(result.reshape(-1, result.shape[-1]), down.reshape(-1, down.shape[-1]), up.t())
     return flat.view(result.shape)
@@ -114,6 +114,13 @@ def _use_training_attention(model: PreTrainedModel) -> None:
     AttentionInterface.register(ATTENTION, short_sequence_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
     model.set_attn_implementation(ATTENTION)
+
+
+def on_model_device(model: PreTrainedModel, batch: dict[str, torch.Tensor | None]
+                    ) -> tuple[torch.device, dict[str, torch.Tensor | None]]:
+    """The device the model runs on (the GPU, where the trainer put it) and the batch moved there."""
+    device = model.get_input_embeddings().weight.device
+    return device, {name: t.to(device, non_blocking=True) if t is not None else None for name, t in batch.items()}
 
 
 def is_quantized(model: PreTrainedModel) -> bool:
@@ -242,8 +249,7 @@ def labelled_loss(
     The decoder runs on every token; the LM head only on positions whose next token is a label.
     """
     base = peft_model.get_base_model()
-    device = base.get_input_embeddings().weight.device  # a QLoRA base is on the GPU where there is one
-    batch = {name: tensor.to(device) if tensor is not None else None for name, tensor in batch.items()}
+    device, batch = on_model_device(base, batch)
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -242,8 +242,9 @@ class Trainer:
 
     def setup(self) -> None:
         config = self.config
-        on_gpu = config.method == "qlora" and torch.cuda.is_available()  # where ModelStore loads a 4-bit base
-        native_bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_supports_bf16()
+        # The GPU when there is one (a 4-bit QLoRA base is put there as it loads, see ModelStore.load).
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        native_bf16 = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
         bf16 = native_bf16 if config.bf16 is None else config.bf16
         torch.set_num_threads(config.num_threads or physical_cores())
         if callable(self._model_source):
@@ -256,6 +257,8 @@ class Trainer:
         if (config.method == "qlora") != is_quantized(model):
             raise InvalidArgument("method 'qlora' trains a base loaded in 4 bits, and only it does: load the model "
                                   "with quantize_4bit for it", param="method")
+        if not is_quantized(model):
+            model.to(self.device)
         context = getattr(model.config, "max_position_embeddings", None) or MAX_DEFAULT_LENGTH
         self.config = config = replace(config, bf16=bf16, max_length=config.max_length or min(context, MAX_DEFAULT_LENGTH))
         self.tokenizer = tokenizer
@@ -474,7 +477,9 @@ class Trainer:
         shutil.rmtree(tmp, ignore_errors=True)
         self.save_adapter(tmp)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / STATE_TENSORS)
+                    "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
+                   tmp / STATE_TENSORS)
         # Mid-epoch the live weights are past the best epoch's even when it is the last one completed.
         if self._best_weights is not None and (self.state.best_epoch != self.state.epochs_completed
                                                or self.state.epoch_step):
@@ -507,6 +512,8 @@ class Trainer:
         self.optimizer.load_state_dict(blob["optimizer"])
         self.scheduler.load_state_dict(blob["scheduler"])
         torch.set_rng_state(blob["torch_rng"])
+        if "cuda_rng" in blob and self.device.type == "cuda":  # dropout masks drawn on the GPU
+            torch.cuda.set_rng_state(blob["cuda_rng"])
         self.state = state
         if (directory / BEST_WEIGHTS).is_file():
             self._best_weights = load_file(str(directory / BEST_WEIGHTS))

@@ -188,6 +188,43 @@ def test_cli_trains_lists_and_prints_events(stack, tmp_path):
     events = tuneloop("train", "events", job_id, "--follow")
     assert events.returncode == 0 and "successfully completed" in events.stdout
 
+    started = tuneloop("train", "create", str(data), "--model", TINY_MODEL_ID, "--epochs", "3", "--no-follow")
+    assert started.returncode == 0, started.stdout + started.stderr
+    other = started.stdout.split("created ")[1].split()[0]
+    cancelled = tuneloop("train", "cancel", other)
+    assert cancelled.returncode == 0 and f"{other}: cancelled" in cancelled.stdout, cancelled.stdout
+    refused = tuneloop("train", "pause", other)
+    assert refused.returncode == 2 and "is cancelled" in refused.stdout, refused.stdout
+    unknown = tuneloop("train", "create", str(data), "--method", "magic")
+    assert unknown.returncode == 2 and "--method 'magic'" in unknown.stdout
+
+
+def test_cli_creates_jobs_of_every_method_with_their_settings(stack, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import ROOT
+
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"item {i}?"},
+                                                     {"role": "assistant", "content": "red"}]}) + "\n" for i in range(20)))
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="200")
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY)
+    for extra, expected in (
+        (["--method", "dpo", "--beta", "0.3"], {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}}),
+        (["--method", "full"], {"type": "full"}),
+    ):
+        created = subprocess.run([sys.executable, "-m", "tuneloop", "train", "create", str(data), "--model",
+                                  TINY_MODEL_ID, "--no-follow", *extra], capture_output=True, text=True, timeout=120,
+                                 cwd=ROOT, env=env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        job = client.fine_tuning.jobs.cancel(created.stdout.split("created ")[1].split()[0])
+        method = job.method.model_dump(exclude_none=True)
+        assert method["type"] == expected["type"]
+        if "dpo" in expected:
+            assert method["dpo"]["hyperparameters"]["beta"] == 0.3
+
 
 def test_readme_fine_tuning_examples_work(stack, tmp_path):
     """The README's CLI line and SDK snippet, run as written (the tiny model stands in for SmolLM2)."""

@@ -309,3 +309,14 @@ def test_unknown_target_modules_and_early_stopping_without_validation_are_refuse
         Trainer(TrainConfig(early_stopping_patience=1), load_tiny(tiny_model_dir), parity_examples(4, 1),
                 output_dir=tmp_path, base_model_id="tiny-llama")
     assert error.value.param == "early_stopping_patience"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["supervised", "full"])
+def test_training_runs_on_a_cuda_gpu_when_there_is_one(tiny_model_dir, tmp_path, method):
+    trainer = make_trainer(tiny_model_dir, tmp_path, method=method, learning_rate=2e-2 if method != "full" else 1e-3)
+    assert trainer.device.type == "cuda" and next(trainer.model.parameters()).device.type == "cuda"
+    untrained = trainer.evaluate()["full_valid_loss"]
+    _steps, epochs, result = run(trainer)
+    assert result.status == "succeeded" and epochs[-1]["full_valid_loss"] < untrained - 0.5
