@@ -3,16 +3,24 @@
 The decoding loop is written out rather than delegated to `model.generate` because each request
 needs its own random generator (a seed must give the same text whatever other threads sample),
 stop strings checked as tokens arrive, and an exact finish reason. Batching comes later.
+
+Fine-tuned models: a LoRA adapter is loaded into its base model's one copy with peft (each
+adapter under its own name, switched per request; base requests run with adapters disabled), so
+a base model is in memory once however many adapters it serves; a full fine-tune is a model of
+its own. Either renders prompts with the chat template it was trained with (fine_tuned.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from services.shared.errors import InvalidArgument, NotImplementedYet
+from services.inference.fine_tuned import FineTuned, check_chat_template
+from services.shared.errors import InvalidArgument
 from services.shared.models import ModelStore
 
 if TYPE_CHECKING:
@@ -31,12 +39,16 @@ class Generation:
     completion_tokens: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class _LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     eos_ids: frozenset[int]
     context_length: int
+    # Set once the first adapter is loaded: the same weights, wrapped by peft.
+    peft: Any = None
+    # Loaded LoRA adapters by model id: (peft adapter name, the tokenizer they were trained with).
+    adapters: dict[str, tuple[str, PreTrainedTokenizerBase]] = field(default_factory=dict)
 
 
 class Generator:
@@ -62,34 +74,44 @@ class Generator:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        fine_tuned: FineTuned | None = None,
     ) -> Generation:
         """Complete a chat (`messages`, rendered with the model's chat template) or a raw `prompt`.
 
         Greedy when `temperature` is 0. Stop strings are cut from the text and end generation
-        with finish_reason "stop", as an end-of-sequence token does.
+        with finish_reason "stop", as an end-of-sequence token does. A fine-tuned `model_id` comes
+        with its registry entry, `fine_tuned` (the caller resolved it for the tenant).
         """
         _check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
-        if model_id.startswith("ft:"):
-            raise NotImplementedYet(
-                f"serving fine-tuned models ({model_id}) is not implemented yet: this backend loads base models "
-                "only, neither LoRA adapters nor full fine-tunes (the registry's model directory with its "
-                "tuneloop-adapter.json says which)",
-                param="model",
-            )
-        self._store.check_known(model_id)
-        with self._lock_for(model_id):
-            loaded = self._models.get(model_id)
+        if fine_tuned is None:
+            if model_id.startswith("ft:"):
+                raise InvalidArgument(f"{model_id} is a fine-tuned model; resolve it in the registry first",
+                                      param="model")
+            self._store.check_known(model_id)
+        # A LoRA adapter runs on its base model's one copy, under that model's lock.
+        key = fine_tuned.base_model if fine_tuned is not None and fine_tuned.kind == "lora" else model_id
+        with self._lock_for(key):
+            loaded = self._models.get(key)
             if loaded is None:
-                loaded = self._models[model_id] = _load(self._store, model_id)
-            input_ids = _encode(loaded.tokenizer, model_id, messages, prompt)
-            field = "messages" if messages is not None else "prompt"
+                loaded = self._models[key] = _load(self._store, key) if fine_tuned is None or fine_tuned.kind == "lora" \
+                    else _load_full(fine_tuned)
+            model, tokenizer = loaded.model, loaded.tokenizer
+            if fine_tuned is not None and fine_tuned.kind == "lora":
+                name, tokenizer = _adapter(loaded, fine_tuned)
+                loaded.peft.set_adapter(name)
+                model = loaded.peft
+            input_ids = _encode(tokenizer, model_id, messages, prompt)
+            field_name = "messages" if messages is not None else "prompt"
             if len(input_ids) + max_tokens > loaded.context_length:
                 raise InvalidArgument(
-                    f"{field} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                    f"{field_name} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                     f"context length of {model_id} ({loaded.context_length} tokens)",
                     param="max_tokens",
                 )
-            return _decode(loaded, input_ids, max_tokens, temperature, top_p, seed, list(stop))
+            base_request_on_adapted = fine_tuned is None and loaded.peft is not None
+            with loaded.peft.disable_adapter() if base_request_on_adapted else contextlib.nullcontext():
+                return _decode(model, tokenizer, loaded.eos_ids, input_ids, max_tokens, temperature, top_p, seed,
+                               list(stop))
 
     def _lock_for(self, model_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -139,7 +161,44 @@ def _check_request(
 
 
 def _load(store: ModelStore, model_id: str) -> _LoadedModel:
-    model, tokenizer = store.load(model_id)
+    return _loaded(*store.load(model_id))
+
+
+def _load_full(fine_tuned: FineTuned) -> _LoadedModel:
+    """A full fine-tune: a whole model of its own, with the tokenizer it was trained with."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(fine_tuned.path, local_files_only=True, trust_remote_code=False)
+    check_chat_template(fine_tuned, tokenizer.chat_template)
+    model = AutoModelForCausalLM.from_pretrained(fine_tuned.path, dtype=torch.float32, local_files_only=True,
+                                                 use_safetensors=True, trust_remote_code=False)
+    model.eval()
+    return _loaded(model, tokenizer)
+
+
+def _adapter(loaded: _LoadedModel, fine_tuned: FineTuned) -> tuple[str, PreTrainedTokenizerBase]:
+    """The peft adapter name of `fine_tuned` in `loaded` and its tokenizer, loading it on first use."""
+    if fine_tuned.model_id in loaded.adapters:
+        return loaded.adapters[fine_tuned.model_id]
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(fine_tuned.path, local_files_only=True, trust_remote_code=False)
+    check_chat_template(fine_tuned, tokenizer.chat_template)
+    # Model ids hold ':' and '.', which peft's module names cannot.
+    name = "ft_" + hashlib.sha256(fine_tuned.model_id.encode()).hexdigest()[:16]
+    if loaded.peft is None:
+        loaded.peft = PeftModel.from_pretrained(loaded.model, str(fine_tuned.path), adapter_name=name,
+                                                is_trainable=False)
+    else:
+        loaded.peft.load_adapter(str(fine_tuned.path), adapter_name=name, is_trainable=False)
+    loaded.peft.eval()
+    loaded.adapters[fine_tuned.model_id] = (name, tokenizer)
+    return name, tokenizer
+
+
+def _loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> _LoadedModel:
     eos = model.generation_config.eos_token_id
     eos_ids = {eos} if isinstance(eos, int) else set(eos or ())
     if tokenizer.eos_token_id is not None:
@@ -165,7 +224,9 @@ def _encode(
 
 
 def _decode(
-    loaded: _LoadedModel,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    eos_ids: frozenset[int],
     input_ids: list[int],
     max_tokens: int,
     temperature: float,
@@ -182,7 +243,6 @@ def _decode(
             rng.seed()
         else:
             rng.manual_seed(seed)
-    model, tokenizer = loaded.model, loaded.tokenizer
     completion: list[int] = []
     finish: FinishReason = "length"
     cut: int | None = None
@@ -194,7 +254,7 @@ def _decode(
             past = output.past_key_values
             token = _pick(output.logits[0, -1].float(), temperature, top_p, rng)
             completion.append(token)
-            if token in loaded.eos_ids:
+            if token in eos_ids:
                 finish = "stop"
                 break
             if stop:

@@ -9,26 +9,51 @@ from pathlib import Path
 
 import grpc
 
-from protos import common_pb2, inference_pb2, inference_pb2_grpc
+from protos import common_pb2, inference_pb2, inference_pb2_grpc, training_pb2, training_pb2_grpc
 from services.inference import store
+from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import Generator
 from services.inference.settings import InferenceSettings
+from services.shared.errors import FailedPrecondition, NotImplementedYet
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
-from services.shared.rpc import tenant_of
+from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata, tenant_of
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, runtime: Runtime, generator: Generator):
+    def __init__(self, runtime: Runtime, generator: Generator, registry: training_pb2_grpc.TrainingStub):
         self._db = runtime.db
         self._settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
         self._generator = generator
+        self._registry = registry
+
+    async def _fine_tuned(self, model_id: str, tenant: str) -> FineTuned | None:
+        """A fine-tuned model's registry entry, asked of the training service for the caller's
+        tenant (another tenant's model is not found there)."""
+        if not model_id.startswith("ft:"):
+            return None
+        try:
+            response = await self._registry.GetModel(training_pb2.GetModelRequest(model_id=model_id),
+                                                     metadata=tenant_metadata(tenant), timeout=30)
+        except grpc.aio.AioRpcError as error:
+            raise error_from_rpc(error, service="training") from None
+        model = response.model
+        if model.provider_model:
+            raise NotImplementedYet(f"{model_id} was trained on a provider, which serves it as "
+                                    f"{model.provider_model}; the 'openai' backend that would call it is not "
+                                    "built yet", param="model")
+        if not model.available:
+            raise FailedPrecondition(f"{model_id} cannot be served: {model.unavailable_reason}", param="model",
+                                     code="model_not_available")
+        return await asyncio.to_thread(read_fine_tuned, model.id, model.base_model, model.path)
 
     async def Generate(self, request, context):
         started = time.perf_counter()
+        fine_tuned = await self._fine_tuned(request.model, tenant_of(context))
         generation = await asyncio.to_thread(
             self._generator.generate,
             request.model,
+            fine_tuned=fine_tuned,
             messages=[{"role": m.role, "content": m.content} for m in request.messages] or None,
             prompt=request.prompt or None,
             max_tokens=request.max_tokens or self._settings.default_max_tokens,
@@ -67,12 +92,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
 async def build(runtime: Runtime) -> ServiceParts:
     generator = Generator(ModelStore(runtime.settings))
+    training = open_channel(runtime.settings.training_addr, runtime.settings)
+    registry = training_pb2_grpc.TrainingStub(training)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(runtime, generator), server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(runtime, generator, registry), server)
         return [inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name]
 
-    return ServiceParts(register=register)
+    return ServiceParts(register=register, on_close=training.close)
 
 
 DEFINITION = ServiceDefinition(

@@ -31,6 +31,10 @@ from typing import TYPE_CHECKING
 from services.shared.errors import FailedPrecondition, InvalidArgument, ModelUnavailable, NotFound
 from services.shared.settings import Settings
 
+# Written by the trainer beside every fine-tuned model's files: what it is ("kind": "lora" or
+# "full"), its base model, and the sha256 of the chat template it was trained with.
+ADAPTER_MANIFEST = "tuneloop-adapter.json"
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

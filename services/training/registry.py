@@ -24,6 +24,8 @@ class RegisteredModel:
     available: bool
     unavailable_reason: str
     lineage: dict | None = None
+    path: str = ""
+    provider_model: str = ""
 
 
 class ModelRegistry:
@@ -58,6 +60,8 @@ class ModelRegistry:
             available=available,
             unavailable_reason="" if available else f"adapter files missing at {row.path}",
             lineage=lineage,
+            path=row.path or "",
+            provider_model=lineage.get("provider_model", ""),
         )
 
     async def list_models(self, tenant: str) -> list[RegisteredModel]:

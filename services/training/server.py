@@ -39,6 +39,8 @@ def _model_message(model: RegisteredModel) -> training_pb2.Model:
         base_model=model.base_model,
         available=model.available,
         unavailable_reason=model.unavailable_reason,
+        path=model.path,
+        provider_model=model.provider_model,
     )
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from services.shared.errors import InvalidArgument
+from services.shared.models import ADAPTER_MANIFEST
 from services.training import full
 from services.training.batching import length_grouped_batches, micro_batches
 from services.training.dpo import DEFAULT_BETA, DpoObjective
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MAX_DEFAULT_LENGTH = 2048
-ADAPTER_MANIFEST = "tuneloop-adapter.json"
 STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.pt"
 BEST_WEIGHTS = "best_adapter.safetensors"

@@ -3,7 +3,7 @@ import threading
 import pytest
 
 from services.inference.generation import Generator
-from services.shared.errors import InvalidArgument, NotFound, NotImplementedYet
+from services.shared.errors import InvalidArgument, NotFound
 from services.shared.models import ModelStore
 from services.shared.settings import Settings
 
@@ -116,12 +116,6 @@ def test_prompt_plus_max_tokens_must_fit_the_context(generator: Generator) -> No
     with pytest.raises(InvalidArgument, match="context length") as caught:
         generator.generate(MODEL, prompt="word " * 200, max_tokens=100, temperature=0)
     assert caught.value.param == "max_tokens"
-
-
-def test_fine_tuned_models_are_refused_as_not_served_yet(generator: Generator) -> None:
-    with pytest.raises(NotImplementedYet, match="neither LoRA adapters nor full fine-tunes") as caught:
-        generator.generate("ft:tiny-llama:acme:x:ftjob-1", prompt="x", max_tokens=1, temperature=0)
-    assert caught.value.param == "model"
 
 
 def test_unknown_model(generator: Generator) -> None:

@@ -1,0 +1,90 @@
+"""The official `openai` SDK chatting with tuneloop: the base model and a model fine-tuned on the stack."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.fixtures.stack import API_KEY
+from tests.fixtures.tiny_model import TINY_MODEL_ID
+from tests.gateway.test_fine_tuning_api import _task_file, _wait
+
+QUESTION = [{"role": "user", "content": "What colour is item 4?"}]
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_the_sdk_chats_with_the_base_model(client):
+    reply = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=5, temperature=0)
+    assert reply.object == "chat.completion" and reply.id.startswith("cmpl-") and reply.model == TINY_MODEL_ID
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 5 and reply.usage.prompt_tokens > 0
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    again = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=5, temperature=0)
+    assert again.choices[0].message.content == choice.message.content and again.id != reply.id
+    # seeded sampling repeats itself
+    sampled = [client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=6, seed=11,
+                                              temperature=1.0).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_the_sdk_completes_a_prompt(client):
+    reply = client.completions.create(model=TINY_MODEL_ID, prompt="Once upon a time", max_tokens=4, temperature=0)
+    assert reply.object == "text_completion" and reply.id.startswith("cmpl-")
+    assert reply.usage.completion_tokens <= 4 and isinstance(reply.choices[0].text, str)
+
+
+def test_the_sdk_chats_with_a_model_it_fine_tuned(client):
+    file = _task_file(client, n=24)
+    job = client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id, suffix="chat",
+                                         hyperparameters={"n_epochs": 1})
+    job = _wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(model=job.fine_tuned_model, messages=QUESTION, max_tokens=4, temperature=0)
+    assert reply.model == job.fine_tuned_model and reply.usage.completion_tokens > 0
+    client.models.delete(job.fine_tuned_model)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=QUESTION, max_tokens=4)
+
+
+@pytest.mark.parametrize(("fields", "error", "param"), [
+    ({"model": "gpt-9"}, openai.NotFoundError, "model"),
+    ({"model": "ft:tiny-llama:default:x:ftjob-0123456789abcdef01234567"}, openai.NotFoundError, "model"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "messages.0.role"),
+    ({"messages": []}, openai.BadRequestError, "messages"),
+    ({"temperature": 3}, openai.BadRequestError, "temperature"),
+    ({"max_tokens": 100_000}, openai.BadRequestError, "max_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop"),
+    ({"presence_penalty": 0.5}, openai.BadRequestError, "presence_penalty"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools"),
+    ({"stream": True}, openai.APIStatusError, "stream"),
+    ({"n": 2}, openai.APIStatusError, "n"),
+])
+def test_bad_requests_get_openai_errors_naming_the_field(client, fields, error, param):
+    arguments = {"model": TINY_MODEL_ID, "messages": QUESTION, "max_tokens": 2, **fields}
+    with pytest.raises(error) as raised:
+        client.chat.completions.create(**arguments)
+    assert raised.value.body["param"] == param, raised.value.body
+    assert raised.value.status_code in (400, 404, 501)
+    if param in ("stream", "n"):
+        assert raised.value.status_code == 501 and "not served yet" in raised.value.body["message"]
+
+
+def test_the_readme_chat_example_works(stack, capsys):
+    import re
+
+    from tests.fixtures.stack import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.+?)```", readme, flags=re.DOTALL)
+                   if "chat.completions.create" in block)
+    snippet = snippet.replace("http://localhost:8000/v1", f"{stack.url}/v1").replace(
+        '"smollm2-135m-instruct"', f'"{TINY_MODEL_ID}"')
+    exec(compile(snippet, "README.md", "exec"), {"TUNELOOP_API_KEY": API_KEY})  # noqa: S102 - the README's own example
+    assert capsys.readouterr().out.startswith("cmpl-")

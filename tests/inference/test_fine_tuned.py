@@ -1,0 +1,129 @@
+"""Serving fine-tuned models: LoRA adapters on their base model's one copy, full fine-tunes, and
+the chat-template check, with adapters and models really trained on the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from services.inference.fine_tuned import FineTuned, read_fine_tuned
+from services.inference.generation import Generator
+from services.shared.errors import FailedPrecondition, InvalidArgument
+from services.shared.models import ModelStore
+from services.shared.settings import Settings
+from services.training.trainer import TrainConfig, Trainer
+from tests.fixtures.tiny_model import TINY_MODEL_ID
+from tests.training.test_trainer import load_tiny
+
+QUESTION = [{"role": "user", "content": "What colour is the sky?"}]
+
+
+def _answers(answer: str, n: int = 24) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What colour is thing {i}?"},
+                          {"role": "assistant", "content": answer}]} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model_dir, tmp_path_factory) -> ModelStore:
+    """A model store whose tiny base has the embeddings `load_tiny` gives it, so adapters learn."""
+    model, tokenizer = load_tiny(tiny_model_dir)
+    path = tmp_path_factory.mktemp("tiny-base")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return ModelStore(Settings(data_dir=tmp_path_factory.mktemp("data"), base_models={TINY_MODEL_ID: path}))
+
+
+def _train(store: ModelStore, directory: Path, answer: str, method: str = "supervised") -> FineTuned:
+    config = TrainConfig(n_epochs=4, batch_size=4, learning_rate=2e-2 if method != "full" else 3e-3, seed=3,
+                         bf16=False, method=method)
+    trainer = Trainer(config, lambda dtype: store.load(TINY_MODEL_ID, dtype=dtype), _answers(answer), _answers(answer, 4),
+                      output_dir=directory, base_model_id=TINY_MODEL_ID)
+    trainer.setup()
+    result = trainer.train()
+    model_id = f"ft:{TINY_MODEL_ID}:acme:{answer}:ftjob-{answer}"
+    return read_fine_tuned(model_id, TINY_MODEL_ID, str(result.adapter_dir))
+
+
+@pytest.fixture(scope="module")
+def blue(store, tmp_path_factory) -> FineTuned:
+    return _train(store, tmp_path_factory.mktemp("blue"), "blue")
+
+
+@pytest.fixture(scope="module")
+def green(store, tmp_path_factory) -> FineTuned:
+    return _train(store, tmp_path_factory.mktemp("green"), "green")
+
+
+def _greedy(generator: Generator, model: str, fine_tuned: FineTuned | None = None) -> str:
+    return generator.generate(model, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=fine_tuned).text
+
+
+def _says(text: str, answer: str) -> bool:
+    """The tiny models learn their answer for sure, not always where to stop after it."""
+    return text.startswith(answer)
+
+
+def test_adapters_share_one_base_and_base_requests_stay_the_base_models(store, blue, green):
+    generator = Generator(store)
+    before = _greedy(generator, TINY_MODEL_ID)
+    assert blue.kind == "lora" and not _says(before, "blue") and not _says(before, "green")
+    blue_answer = _greedy(generator, blue.model_id, blue)
+    assert _says(blue_answer, "blue")
+    assert _says(_greedy(generator, green.model_id, green), "green")
+    assert _greedy(generator, TINY_MODEL_ID) == before  # the adapters are off for the base model
+    assert _greedy(generator, blue.model_id, blue) == blue_answer  # and switch per request
+    assert list(generator._models) == [TINY_MODEL_ID]  # one copy of the base in memory
+
+
+def test_a_full_fine_tune_is_served_as_a_model_of_its_own(store, tmp_path):
+    full = _train(store, tmp_path / "full", "red", method="full")
+    assert full.kind == "full"
+    assert _says(_greedy(Generator(store), full.model_id, full), "red")
+
+
+def test_an_adapter_whose_chat_template_changed_after_training_is_refused(store, blue, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(blue.path, copy)
+    config_file = copy / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    config_file.write_text(json.dumps(config))
+    (copy / "chat_template.jinja").unlink(missing_ok=True)
+    tampered = read_fine_tuned("ft:tiny-llama:acme:t:ftjob-t", TINY_MODEL_ID, str(copy))
+    with pytest.raises(FailedPrecondition, match="not the one it was trained with") as raised:
+        _greedy(Generator(store), tampered.model_id, tampered)
+    assert raised.value.code == "chat_template_mismatch" and raised.value.param == "model"
+
+
+def test_registry_entries_that_do_not_fit_are_refused(blue, tmp_path):
+    with pytest.raises(FailedPrecondition, match="trained on 'tiny-llama', not 'other'"):
+        read_fine_tuned(blue.model_id, "other", str(blue.path))
+    with pytest.raises(FailedPrecondition, match="no readable tuneloop-adapter.json"):
+        read_fine_tuned(blue.model_id, TINY_MODEL_ID, str(tmp_path))
+
+
+def test_a_fine_tuned_id_needs_its_registry_entry(store):
+    with pytest.raises(InvalidArgument, match="resolve it in the registry") as raised:
+        Generator(store).generate("ft:tiny-llama:acme:x:ftjob-1", prompt="x", max_tokens=1, temperature=0)
+    assert raised.value.param == "model"
+
+
+def test_the_served_adapter_computes_what_peft_computes(store, blue):
+    """The generator's output is peft's own greedy decoding of the adapter, token for token."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base, _ = store.load(TINY_MODEL_ID)
+    model = PeftModel.from_pretrained(base, str(blue.path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(blue.path)
+    text = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    expected = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert _greedy(Generator(store), blue.model_id, blue) == expected
