@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from operator import attrgetter
+from typing import Any, TypeVar
 
 import grpc
 
@@ -51,8 +52,8 @@ async def call(service: str, pending: Awaitable[T]) -> T:
         raise error_from_rpc(error, service=service) from None
 
 
-async def stream(service: str, responses) -> AsyncIterator[bytes]:
-    """The `data` of a server-streaming call's messages, with errors raised before the first byte.
+async def stream(service: str, responses, pick: Callable[[Any], Any] = attrgetter("data")) -> AsyncIterator:
+    """`pick` of a server-streaming call's messages (their `data`), with errors raised before the first byte.
 
     The first message is awaited here, so a NOT_FOUND becomes a proper HTTP error instead of a
     stream that breaks after its 200 status has been sent.
@@ -68,8 +69,8 @@ async def stream(service: str, responses) -> AsyncIterator[bytes]:
     async def rest() -> AsyncIterator[bytes]:
         if first is None:
             return
-        yield first.data
+        yield pick(first)
         async for message in iterator:
-            yield message.data
+            yield pick(message)
 
     return rest()

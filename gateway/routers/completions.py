@@ -1,21 +1,28 @@
 """`/v1/chat/completions` and `/v1/completions`, in OpenAI's shapes, over the inference service.
 
 Each response's `id` is the completion id the inference service logged, which `/v1/feedback`
-points at later. Streaming and `n` > 1 are not served yet and say so (501).
+points at later. `stream: true` sends OpenAI's server-sent events (chunks, then `data: [DONE]`);
+a client that goes away cancels the call, which stops the generation. `n` > 1 is not served yet
+and says so (501).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Literal
 
+import grpc
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.clients import call
+from gateway.clients import call, stream
 from gateway.deps import ClientsDep, TenantDep
 from gateway.errors import ERROR_RESPONSES
 from protos import common_pb2, inference_pb2
 from services.shared.errors import InvalidArgument, NotImplementedYet
+from services.shared.rpc import error_from_rpc
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
 
@@ -41,6 +48,13 @@ class MessageIn(BaseModel):
         return common_pb2.ChatMessage(role="system" if self.role == "developer" else self.role, content=content)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # A last chunk with the usage and no choices, as OpenAI sends it.
+    include_usage: bool = False
+
+
 class SamplingIn(BaseModel):
     """What both routes take; OpenAI's defaults (temperature and top_p 1: sampling)."""
 
@@ -54,6 +68,7 @@ class SamplingIn(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=128)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
     # Accepted at their neutral values only: nothing here implements them.
     frequency_penalty: float = 0.0
@@ -63,8 +78,8 @@ class SamplingIn(BaseModel):
     metadata: dict[str, str] | None = None
 
     def check_supported(self) -> None:
-        if self.stream:
-            raise NotImplementedYet("stream: true is not served yet; send stream: false", param="stream")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidArgument("stream_options is only for stream: true", param="stream_options")
         if self.n != 1:
             raise NotImplementedYet("n > 1 is not served yet; send n: 1 and ask again for more choices", param="n")
         for name in ("frequency_penalty", "presence_penalty"):
@@ -148,13 +163,60 @@ def _usage(usage: common_pb2.Usage) -> Usage:
                  total_tokens=usage.total_tokens)
 
 
-@router.post("/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionCreate, clients: ClientsDep, tenant: TenantDep) -> ChatCompletion:
+def _sse(data: dict | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+async def _stream(body: SamplingIn, request: inference_pb2.GenerateRequest, clients, tenant: str,
+                  choice: Callable[[str, str | None, bool], dict], kind: str) -> StreamingResponse:
+    """OpenAI's server-sent events for one streamed completion; errors before the first chunk are
+    ordinary HTTP errors, later ones an `error` event (the 200 status is already sent)."""
+    generating = clients.inference.GenerateStream(request, **clients.options(tenant))
+    chunks = await stream("inference", generating, pick=lambda chunk: chunk)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+    async def events() -> AsyncIterator[bytes]:
+        first = True
+        try:
+            async for chunk in chunks:
+                event = {"id": chunk.completion_id, "object": kind, "created": chunk.created, "model": chunk.model}
+                if chunk.text or first:
+                    yield _sse({**event, "choices": [choice(chunk.text, None, first)]})
+                    first = False
+                if chunk.finish_reason:
+                    yield _sse({**event, "choices": [choice("", chunk.finish_reason, False)]})
+                    if include_usage:
+                        yield _sse({**event, "choices": [], "usage": _usage(chunk.usage).model_dump()})
+        except grpc.aio.AioRpcError as failure:
+            error = error_from_rpc(failure, service="inference")
+            yield _sse({"error": {"message": error.message, "type": error.openai_type, "param": error.param,
+                                  "code": error.code}})
+        finally:  # the client went away: stop generating for it
+            generating.cancel()
+        yield _sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _chat_choice(text: str, finish_reason: str | None, first: bool) -> dict:
+    delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
+    return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+
+
+def _text_choice(text: str, finish_reason: str | None, _first: bool) -> dict:
+    return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+
+
+@router.post("/chat/completions", response_model=ChatCompletion,
+             responses={200: {"content": {"text/event-stream": {}}, "description": "with stream: chunks as SSE"}})
+async def create_chat_completion(body: ChatCompletionCreate, clients: ClientsDep, tenant: TenantDep):
     body.check_supported()
     if body.max_tokens is not None and body.max_completion_tokens is not None:
         raise InvalidArgument("give max_tokens or max_completion_tokens, not both", param="max_completion_tokens")
     body.max_tokens = body.max_tokens or body.max_completion_tokens
     request = body.request(messages=[message.to_message() for message in body.messages])
+    if body.stream:
+        return await _stream(body, request, clients, tenant, _chat_choice, "chat.completion.chunk")
     response = await call("inference", clients.inference.Generate(request, **clients.options(tenant)))
     return ChatCompletion(
         id=response.completion_id, created=response.created, model=response.model, usage=_usage(response.usage),
@@ -163,10 +225,13 @@ async def create_chat_completion(body: ChatCompletionCreate, clients: ClientsDep
     )
 
 
-@router.post("/completions", response_model=Completion)
-async def create_completion(body: CompletionCreate, clients: ClientsDep, tenant: TenantDep) -> Completion:
+@router.post("/completions", response_model=Completion,
+             responses={200: {"content": {"text/event-stream": {}}, "description": "with stream: chunks as SSE"}})
+async def create_completion(body: CompletionCreate, clients: ClientsDep, tenant: TenantDep):
     body.check_supported()
     request = body.request(prompt=body.prompt)
+    if body.stream:
+        return await _stream(body, request, clients, tenant, _text_choice, "text_completion")
     response = await call("inference", clients.inference.Generate(request, **clients.options(tenant)))
     return Completion(
         id=response.completion_id, created=response.created, model=response.model, usage=_usage(response.usage),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,12 +75,18 @@ class Generator:
         seed: int | None = None,
         stop: Sequence[str] = (),
         fine_tuned: FineTuned | None = None,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
         """Complete a chat (`messages`, rendered with the model's chat template) or a raw `prompt`.
 
         Greedy when `temperature` is 0. Stop strings are cut from the text and end generation
         with finish_reason "stop", as an end-of-sequence token does. A fine-tuned `model_id` comes
         with its registry entry, `fine_tuned` (the caller resolved it for the tenant).
+
+        Streaming: `on_text` gets the text as it is decided (never a part of a stop string or of
+        a character still being decoded), in pieces that add up to the returned text. Setting
+        `cancel` ends the generation after the current token and frees the model for others.
         """
         _check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
         if fine_tuned is None:
@@ -111,7 +117,7 @@ class Generator:
             base_request_on_adapted = fine_tuned is None and loaded.peft is not None
             with loaded.peft.disable_adapter() if base_request_on_adapted else contextlib.nullcontext():
                 return _decode(model, tokenizer, loaded.eos_ids, input_ids, max_tokens, temperature, top_p, seed,
-                               list(stop))
+                               list(stop), on_text, cancel)
 
     def _lock_for(self, model_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -233,6 +239,8 @@ def _decode(
     top_p: float,
     seed: int | None,
     stop: list[str],
+    on_text: Callable[[str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> Generation:
     import torch
 
@@ -247,9 +255,14 @@ def _decode(
     finish: FinishReason = "length"
     cut: int | None = None
     past = None
+    sent = 0  # characters of the text handed to on_text
+    # A stop string may be completed by the next token: hold back that many characters meanwhile.
+    hold = max((len(s) for s in stop), default=1) - 1
     step_input = torch.tensor([input_ids], device=model.device)
     with torch.inference_mode():
         for _ in range(max_tokens):
+            if cancel is not None and cancel.is_set():
+                break
             output = model(input_ids=step_input, past_key_values=past, use_cache=True)
             past = output.past_key_values
             token = _pick(output.logits[0, -1].float(), temperature, top_p, rng)
@@ -257,15 +270,23 @@ def _decode(
             if token in eos_ids:
                 finish = "stop"
                 break
-            if stop:
-                cut = _earliest_stop(tokenizer.decode(completion, skip_special_tokens=True), stop)
+            if stop or on_text is not None:
+                text = tokenizer.decode(completion, skip_special_tokens=True)
+                cut = _earliest_stop(text, stop) if stop else None
                 if cut is not None:
                     finish = "stop"
                     break
+                # U+FFFD: a character whose bytes have not all been generated yet.
+                ready = (text.find("\ufffd") if "\ufffd" in text else len(text)) - hold
+                if on_text is not None and ready > sent:
+                    on_text(text[sent:ready])
+                    sent = ready
             step_input = torch.tensor([[token]], device=model.device)
     text = tokenizer.decode(completion, skip_special_tokens=True)
     if cut is not None:
         text = text[:cut]
+    if on_text is not None and len(text) > sent:
+        on_text(text[sent:])
     return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion))
 
 

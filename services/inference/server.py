@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import grpc
 from protos import common_pb2, inference_pb2, inference_pb2_grpc, training_pb2, training_pb2_grpc
 from services.inference import store
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
-from services.inference.generation import Generator
+from services.inference.generation import Generation, Generator
 from services.inference.settings import InferenceSettings
 from services.shared.errors import FailedPrecondition, NotImplementedYet
 from services.shared.models import ModelStore
@@ -47,10 +48,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                                      code="model_not_available")
         return await asyncio.to_thread(read_fine_tuned, model.id, model.base_model, model.path)
 
-    async def Generate(self, request, context):
-        started = time.perf_counter()
+    async def _generate(self, request, context, **streaming) -> Generation:
         fine_tuned = await self._fine_tuned(request.model, tenant_of(context))
-        generation = await asyncio.to_thread(
+        return await asyncio.to_thread(
             self._generator.generate,
             request.model,
             fine_tuned=fine_tuned,
@@ -61,33 +61,74 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             top_p=request.top_p or 1.0,  # 0 means no nucleus cut-off (inference.proto)
             seed=request.seed if request.HasField("seed") else None,
             stop=list(request.stop),
+            **streaming,
         )
-        completion_id = f"cmpl-{secrets.token_hex(12)}"
-        created = int(time.time())
+
+    async def _log(self, context, model: str, generation: Generation, started: float, *,
+                   completion_id: str | None = None, created: int | None = None) -> tuple[str, int]:
+        completion_id = completion_id or f"cmpl-{secrets.token_hex(12)}"
+        created = created or int(time.time())
         async with self._db.transaction() as session:
             await store.log_completion(
                 session,
                 id=completion_id,
                 tenant=tenant_of(context),
-                model=request.model,
+                model=model,
                 prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens,
                 finish_reason=generation.finish_reason,
                 latency_ms=(time.perf_counter() - started) * 1000,
                 created_at=created,
             )
+        return completion_id, created
+
+    async def Generate(self, request, context):
+        started = time.perf_counter()
+        generation = await self._generate(request, context)
+        completion_id, created = await self._log(context, request.model, generation, started)
         return inference_pb2.GenerateResponse(
-            completion_id=completion_id,
-            model=request.model,
-            text=generation.text,
-            finish_reason=generation.finish_reason,
-            usage=common_pb2.Usage(
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-                total_tokens=generation.prompt_tokens + generation.completion_tokens,
-            ),
-            created=created,
+            completion_id=completion_id, model=request.model, text=generation.text,
+            finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
         )
+
+    async def GenerateStream(self, request, context):
+        """Text pieces as the generator decides them; the id, logged at the end, is chosen first."""
+        started = time.perf_counter()
+        completion_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def on_text(text: str) -> None:  # the generator's thread
+            loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def chunk(text: str, **last) -> inference_pb2.GenerateChunk:
+            return inference_pb2.GenerateChunk(completion_id=completion_id, model=request.model, created=created,
+                                               text=text, **last)
+
+        generating = asyncio.ensure_future(self._generate(request, context, on_text=on_text, cancel=cancel))
+        try:
+            while not generating.done():
+                waiting = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({waiting, generating}, return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done():
+                    yield chunk(waiting.result())
+                else:
+                    waiting.cancel()
+            generation = generating.result()  # a failure is raised here, before or between chunks
+            while not pieces.empty():  # the generator's last pieces came before its result
+                yield chunk(pieces.get_nowait())
+            await self._log(context, request.model, generation, started, completion_id=completion_id,
+                            created=created)
+            yield chunk("", finish_reason=generation.finish_reason, usage=_usage(generation))
+        finally:
+            cancel.set()  # the client went away (or we are done): free the model for the next request
+            generating.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+
+
+def _usage(generation: Generation) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
+                            total_tokens=generation.prompt_tokens + generation.completion_tokens)
 
 
 async def build(runtime: Runtime) -> ServiceParts:

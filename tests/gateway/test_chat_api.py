@@ -63,7 +63,8 @@ def test_the_sdk_chats_with_a_model_it_fine_tuned(client):
     ({"stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, "stop"),
     ({"presence_penalty": 0.5}, openai.BadRequestError, "presence_penalty"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools"),
-    ({"stream": True}, openai.APIStatusError, "stream"),
+    ({"stream_options": {"include_usage": True}}, openai.BadRequestError, "stream_options"),
+    ({"stream": True, "model": "gpt-9"}, openai.NotFoundError, "model"),
     ({"n": 2}, openai.APIStatusError, "n"),
 ])
 def test_bad_requests_get_openai_errors_naming_the_field(client, fields, error, param):
@@ -72,7 +73,7 @@ def test_bad_requests_get_openai_errors_naming_the_field(client, fields, error, 
         client.chat.completions.create(**arguments)
     assert raised.value.body["param"] == param, raised.value.body
     assert raised.value.status_code in (400, 404, 501)
-    if param in ("stream", "n"):
+    if param == "n":
         assert raised.value.status_code == 501 and "not served yet" in raised.value.body["message"]
 
 
@@ -88,3 +89,38 @@ def test_the_readme_chat_example_works(stack, capsys):
         '"smollm2-135m-instruct"', f'"{TINY_MODEL_ID}"')
     exec(compile(snippet, "README.md", "exec"), {"TUNELOOP_API_KEY": API_KEY})  # noqa: S102 - the README's own example
     assert capsys.readouterr().out.startswith("cmpl-")
+
+
+def test_the_sdk_streams_the_same_text_it_gets_whole(client):
+    whole = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=12, temperature=0)
+    chunks = list(client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=12,
+                                                 temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks) and len({c.id for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    finished = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finished) == 1 and finished[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # it did arrive in pieces
+
+    pieces = list(client.completions.create(model=TINY_MODEL_ID, prompt="Once upon a time", max_tokens=8,
+                                            temperature=0, stream=True))
+    plain = client.completions.create(model=TINY_MODEL_ID, prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert "".join(p.choices[0].text for p in pieces) == plain.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == plain.choices[0].finish_reason
+
+
+def test_a_client_that_leaves_mid_stream_does_not_hold_the_model(client, stack):
+    import httpx
+
+    body = {"model": TINY_MODEL_ID, "messages": QUESTION, "max_tokens": 200, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: ")).startswith("data: {")
+    # gone after one chunk; the next request is served at once
+    reply = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=2, temperature=0,
+                                           timeout=30)
+    assert reply.usage.completion_tokens > 0

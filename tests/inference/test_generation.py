@@ -123,3 +123,21 @@ def test_unknown_model(generator: Generator) -> None:
         generator.generate("gpt-9", prompt="x", max_tokens=1, temperature=0)
     with pytest.raises(InvalidArgument):
         generator.generate("../tiny-llama", prompt="x", max_tokens=1, temperature=0)
+
+
+def test_streamed_pieces_add_up_to_the_text_and_hold_back_stop_strings(generator: Generator) -> None:
+    whole = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0)
+    pieces: list[str] = []
+    streamed = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0, on_text=pieces.append)
+    assert streamed == whole and "".join(pieces) == whole.text and len(pieces) > 1
+    stop = whole.text[4:7]
+    pieces.clear()
+    cut = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0, stop=[stop], on_text=pieces.append)
+    assert cut.finish_reason == "stop" and "".join(pieces) == cut.text == whole.text[: whole.text.find(stop)]
+
+
+def test_cancelling_stops_the_generation_after_the_current_token(generator: Generator) -> None:
+    cancel = threading.Event()
+    generation = generator.generate(MODEL, messages=CHAT, max_tokens=50, temperature=0,
+                                    on_text=lambda _text: cancel.set(), cancel=cancel)
+    assert generation.completion_tokens < 5
