@@ -63,3 +63,46 @@ async def test_bad_requests_name_the_field_and_log_nothing(settings, request_fie
         assert error.value.code() == code
         assert error_param(error.value) == param
         assert await _logged(service) == []
+
+
+async def test_a_fine_tuned_model_is_served_to_its_own_tenant_only(settings, tmp_path, tiny_model_dir):
+    """The registry (the real training service) resolves `ft:` ids per tenant; inference serves the adapter."""
+    import json
+    import shutil
+
+    from services.shared.models import ModelStore
+    from services.training import store as training_store
+    from services.training.server import DEFINITION as TRAINING
+    from services.training.trainer import TrainConfig, Trainer
+
+    models = ModelStore(settings)
+    examples = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                for i in range(8)]
+    trainer = Trainer(TrainConfig(n_epochs=1, batch_size=4, bf16=False), lambda dtype: models.load("tiny-llama", dtype),
+                      examples, output_dir=tmp_path / "run", base_model_id="tiny-llama")
+    trainer.setup()
+    adapter = trainer.train().adapter_dir
+    model_id = "ft:tiny-llama:acme:x:ftjob-0123456789abcdef01234567"
+    training_settings = service_settings(TRAINING, tmp_path=tmp_path, database_url=settings.database_url,
+                                         nats_url=settings.nats_url, base_models={"tiny-llama": tiny_model_dir})
+    async with running(TRAINING, training_settings) as (training, _channel):
+        async with training.runtime.db.transaction() as session:
+            await training_store.add_model(session, id=model_id, tenant="acme", base_model="tiny-llama",
+                                           job_id="ftjob-0123456789abcdef01234567", path=str(adapter),
+                                           lineage=json.dumps({"base_model": "tiny-llama"}))
+        inference_settings = settings.model_copy(update={"training_addr": f"127.0.0.1:{training.grpc.port}"})
+        async with running(DEFINITION, inference_settings) as (service, channel):
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            request = inference_pb2.GenerateRequest(model=model_id, prompt="q1", max_tokens=2)
+            served = await stub.Generate(request, metadata=call_metadata("acme"))
+            with pytest.raises(grpc.aio.AioRpcError) as other:
+                await stub.Generate(request, metadata=call_metadata("other"))
+            shutil.rmtree(adapter)
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await stub.Generate(inference_pb2.GenerateRequest(model=model_id, prompt="q2", max_tokens=2),
+                                    metadata=call_metadata("acme"))
+            rows = await _logged(service)
+    assert served.model == model_id and served.usage.completion_tokens == 2
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND and error_param(other.value) == "model"
+    assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "adapter files missing" in gone.value.details()
+    assert [(row["model"], row["tenant"]) for row in rows] == [(model_id, "acme")]
