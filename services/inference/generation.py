@@ -32,11 +32,23 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class GeneratedToken:
+    id: int
+    text: str
+    logprob: float  # under the model itself: temperature 1, before top_p
+    special: bool
+
+
+@dataclass(frozen=True)
 class Generation:
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Every generated token, the last included (end of sequence, or those of the stop string).
+    tokens: tuple[GeneratedToken, ...] = ()
+    # The stop string that ended it, if one did.
+    stop_sequence: str = ""
 
 
 @dataclass
@@ -75,7 +87,7 @@ class Generator:
         seed: int | None = None,
         stop: Sequence[str] = (),
         fine_tuned: FineTuned | None = None,
-        on_text: Callable[[str], None] | None = None,
+        on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
         """Complete a chat (`messages`, rendered with the model's chat template) or a raw `prompt`.
@@ -85,7 +97,8 @@ class Generator:
         with its registry entry, `fine_tuned` (the caller resolved it for the tenant).
 
         Streaming: `on_text` gets the text as it is decided (never a part of a stop string or of
-        a character still being decoded), in pieces that add up to the returned text. Setting
+        a character still being decoded), in pieces that add up to the returned text, each with
+        the tokens generated since the previous call (all of them, by the last call). Setting
         `cancel` ends the generation after the current token and frees the model for others.
         """
         _check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
@@ -239,7 +252,7 @@ def _decode(
     top_p: float,
     seed: int | None,
     stop: list[str],
-    on_text: Callable[[str], None] | None = None,
+    on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> Generation:
     import torch
@@ -252,6 +265,17 @@ def _decode(
         else:
             rng.manual_seed(seed)
     completion: list[int] = []
+    logprobs: list[float] = []
+    special_ids = set(tokenizer.all_special_ids)
+    reported = 0  # tokens handed to on_text
+
+    def new_tokens() -> list[GeneratedToken]:
+        nonlocal reported
+        fresh = [GeneratedToken(token, tokenizer.decode([token]), logprob, token in special_ids)
+                 for token, logprob in zip(completion[reported:], logprobs[reported:], strict=True)]
+        reported = len(completion)
+        return fresh
+
     finish: FinishReason = "length"
     cut: int | None = None
     past = None
@@ -265,8 +289,10 @@ def _decode(
                 break
             output = model(input_ids=step_input, past_key_values=past, use_cache=True)
             past = output.past_key_values
-            token = _pick(output.logits[0, -1].float(), temperature, top_p, rng)
+            logits = output.logits[0, -1].float()
+            token = _pick(logits, temperature, top_p, rng)
             completion.append(token)
+            logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
             if token in eos_ids:
                 finish = "stop"
                 break
@@ -279,15 +305,18 @@ def _decode(
                 # U+FFFD: a character whose bytes have not all been generated yet.
                 ready = (text.find("\ufffd") if "\ufffd" in text else len(text)) - hold
                 if on_text is not None and ready > sent:
-                    on_text(text[sent:ready])
+                    on_text(text[sent:ready], new_tokens())
                     sent = ready
             step_input = torch.tensor([[token]], device=model.device)
-    text = tokenizer.decode(completion, skip_special_tokens=True)
-    if cut is not None:
-        text = text[:cut]
-    if on_text is not None and len(text) > sent:
-        on_text(text[sent:])
-    return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion))
+    full_text = tokenizer.decode(completion, skip_special_tokens=True)
+    text = full_text[:cut] if cut is not None else full_text
+    stop_sequence = next((s for s in stop if full_text.find(s) == cut), "") if cut is not None else ""
+    tokens = tuple(GeneratedToken(token, tokenizer.decode([token]), logprob, token in special_ids)
+                   for token, logprob in zip(completion, logprobs, strict=True))
+    if on_text is not None and (len(text) > sent or reported < len(completion)):
+        on_text(text[sent:], new_tokens())
+    return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion), tokens=tokens,
+                      stop_sequence=stop_sequence)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:

@@ -13,7 +13,7 @@ import grpc
 from protos import common_pb2, inference_pb2, inference_pb2_grpc, training_pb2, training_pb2_grpc
 from services.inference import store
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
-from services.inference.generation import Generation, Generator
+from services.inference.generation import GeneratedToken, Generation, Generator
 from services.inference.settings import InferenceSettings
 from services.shared.errors import FailedPrecondition, NotImplementedYet
 from services.shared.models import ModelStore
@@ -89,6 +89,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.GenerateResponse(
             completion_id=completion_id, model=request.model, text=generation.text,
             finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
+            tokens=_tokens(generation.tokens), stop_sequence=generation.stop_sequence,
         )
 
     async def GenerateStream(self, request, context):
@@ -96,15 +97,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         started = time.perf_counter()
         completion_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str] = asyncio.Queue()
+        pieces: asyncio.Queue[tuple[str, list[GeneratedToken]]] = asyncio.Queue()
         cancel = threading.Event()
 
-        def on_text(text: str) -> None:  # the generator's thread
-            loop.call_soon_threadsafe(pieces.put_nowait, text)
+        def on_text(text: str, tokens: list[GeneratedToken]) -> None:  # the generator's thread
+            loop.call_soon_threadsafe(pieces.put_nowait, (text, tokens))
 
-        def chunk(text: str, **last) -> inference_pb2.GenerateChunk:
+        def chunk(piece: tuple[str, list[GeneratedToken]], **last) -> inference_pb2.GenerateChunk:
+            text, tokens = piece
             return inference_pb2.GenerateChunk(completion_id=completion_id, model=request.model, created=created,
-                                               text=text, **last)
+                                               text=text, tokens=_tokens(tokens), **last)
 
         generating = asyncio.ensure_future(self._generate(request, context, on_text=on_text, cancel=cancel))
         try:
@@ -120,10 +122,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 yield chunk(pieces.get_nowait())
             await self._log(context, request.model, generation, started, completion_id=completion_id,
                             created=created)
-            yield chunk("", finish_reason=generation.finish_reason, usage=_usage(generation))
+            yield chunk(("", []), finish_reason=generation.finish_reason, usage=_usage(generation),
+                        stop_sequence=generation.stop_sequence)
         finally:
             cancel.set()  # the client went away (or we are done): free the model for the next request
             generating.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+
+
+def _tokens(tokens) -> list[inference_pb2.GeneratedToken]:
+    return [inference_pb2.GeneratedToken(id=t.id, text=t.text, logprob=t.logprob, special=t.special) for t in tokens]
 
 
 def _usage(generation: Generation) -> common_pb2.Usage:

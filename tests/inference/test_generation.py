@@ -127,17 +127,36 @@ def test_unknown_model(generator: Generator) -> None:
 
 def test_streamed_pieces_add_up_to_the_text_and_hold_back_stop_strings(generator: Generator) -> None:
     whole = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0)
-    pieces: list[str] = []
-    streamed = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0, on_text=pieces.append)
-    assert streamed == whole and "".join(pieces) == whole.text and len(pieces) > 1
+    pieces: list[tuple[str, list]] = []
+    streamed = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0,
+                                  on_text=lambda text, tokens: pieces.append((text, tokens)))
+    assert streamed == whole and "".join(text for text, _ in pieces) == whole.text and len(pieces) > 1
+    assert [t for _, tokens in pieces for t in tokens] == list(whole.tokens) and len(whole.tokens) == 16
     stop = whole.text[4:7]
     pieces.clear()
-    cut = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0, stop=[stop], on_text=pieces.append)
-    assert cut.finish_reason == "stop" and "".join(pieces) == cut.text == whole.text[: whole.text.find(stop)]
+    cut = generator.generate(MODEL, messages=CHAT, max_tokens=16, temperature=0, stop=[stop, "never"],
+                             on_text=lambda text, tokens: pieces.append((text, tokens)))
+    assert cut.finish_reason == "stop" and cut.stop_sequence == stop
+    assert "".join(text for text, _ in pieces) == cut.text == whole.text[: whole.text.find(stop)]
+    assert [t for _, tokens in pieces for t in tokens] == list(cut.tokens) == list(whole.tokens[: len(cut.tokens)])
+
+
+def test_each_token_comes_with_its_log_probability(generator: Generator, tiny_settings: Settings) -> None:
+    import torch
+
+    generation = generator.generate(MODEL, prompt="Once upon", max_tokens=3, temperature=0)
+    model, tokenizer = ModelStore(tiny_settings).load(MODEL)
+    ids = tokenizer("Once upon")["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + [t.id for t in generation.tokens[:2]]])).logits[0]
+    for position, token in enumerate(generation.tokens):
+        expected = torch.log_softmax(logits[len(ids) - 1 + position].float(), dim=-1)[token.id]
+        assert token.logprob == pytest.approx(float(expected), abs=1e-4)
+        assert token.text == tokenizer.decode([token.id]) and token.special is False
 
 
 def test_cancelling_stops_the_generation_after_the_current_token(generator: Generator) -> None:
     cancel = threading.Event()
     generation = generator.generate(MODEL, messages=CHAT, max_tokens=50, temperature=0,
-                                    on_text=lambda _text: cancel.set(), cancel=cancel)
+                                    on_text=lambda _text, _tokens: cancel.set(), cancel=cancel)
     assert generation.completion_tokens < 5
