@@ -277,3 +277,26 @@ class GenerateSyntheticResponse(_message.Message):
     dataset: Dataset
     generated: int
     def __init__(self, file: _Optional[_Union[File, _Mapping]] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., generated: _Optional[int] = ...) -> None: ...
+
+class AnonymizeTextsRequest(_message.Message):
+    __slots__ = ("texts", "use_ner")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    USE_NER_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    use_ner: bool
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., use_ner: _Optional[bool] = ...) -> None: ...
+
+class AnonymizeTextsResponse(_message.Message):
+    __slots__ = ("texts", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -95,6 +95,11 @@ class DataPrepStub:
                 request_serializer=protos_dot_dataprep__pb2.GenerateSyntheticRequest.SerializeToString,
                 response_deserializer=protos_dot_dataprep__pb2.GenerateSyntheticResponse.FromString,
                 _registered_method=True)
+        self.AnonymizeTexts = channel.unary_unary(
+                '/tuneloop.v1.DataPrep/AnonymizeTexts',
+                request_serializer=protos_dot_dataprep__pb2.AnonymizeTextsRequest.SerializeToString,
+                response_deserializer=protos_dot_dataprep__pb2.AnonymizeTextsResponse.FromString,
+                _registered_method=True)
 
 
 class DataPrepServicer:
@@ -187,6 +192,14 @@ class DataPrepServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnonymizeTexts(self, request, context):
+        """Replaces personal data in texts by placeholders, as datasets are anonymised; for other
+        services that keep texts (the inference service's completion log).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataPrepServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +262,11 @@ def add_DataPrepServicer_to_server(servicer, server):
                     servicer.GenerateSynthetic,
                     request_deserializer=protos_dot_dataprep__pb2.GenerateSyntheticRequest.FromString,
                     response_serializer=protos_dot_dataprep__pb2.GenerateSyntheticResponse.SerializeToString,
+            ),
+            'AnonymizeTexts': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnonymizeTexts,
+                    request_deserializer=protos_dot_dataprep__pb2.AnonymizeTextsRequest.FromString,
+                    response_serializer=protos_dot_dataprep__pb2.AnonymizeTextsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +594,33 @@ class DataPrep:
             '/tuneloop.v1.DataPrep/GenerateSynthetic',
             protos_dot_dataprep__pb2.GenerateSyntheticRequest.SerializeToString,
             protos_dot_dataprep__pb2.GenerateSyntheticResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnonymizeTexts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.DataPrep/AnonymizeTexts',
+            protos_dot_dataprep__pb2.AnonymizeTextsRequest.SerializeToString,
+            protos_dot_dataprep__pb2.AnonymizeTextsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -39,6 +40,8 @@ def _file_message(record: store.FileRecord) -> dataprep_pb2.File:
 
 
 MAX_SEEDS = 1000
+# Texts one AnonymizeTexts call may carry (a completion's messages and its answer are a few).
+MAX_ANONYMIZE_TEXTS = 256
 
 
 def _config(options: dataprep_pb2.PrepareOptions, default_base_model: str) -> PrepareConfig:
@@ -107,11 +110,29 @@ def dataset_id_for(tenant: str, file_sha256: str, config: PrepareConfig) -> str:
 
 
 class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
-    def __init__(self, runtime: Runtime, artifacts: ArtifactStore, worker: DatasetWorker):
+    def __init__(self, runtime: Runtime, artifacts: ArtifactStore, worker: DatasetWorker,
+                 resources: PipelineResources):
         self._db = runtime.db
         self._settings: DataprepSettings = runtime.settings  # type: ignore[assignment]
         self._artifacts = artifacts
         self._worker = worker
+        self._resources = resources
+
+    async def AnonymizeTexts(self, request, context):
+        if len(request.texts) > MAX_ANONYMIZE_TEXTS:
+            raise InvalidArgument(f"at most {MAX_ANONYMIZE_TEXTS} texts a call", param="texts")
+
+        def anonymize() -> tuple[list[str], Counter[str]]:
+            anonymizer = self._resources.anonymizer((), {}, request.use_ner)
+            texts, counts = [], Counter()
+            for text in request.texts:
+                result = anonymizer.anonymize(text)
+                texts.append(result.text)
+                counts.update(finding.entity for finding in result.findings)
+            return texts, counts
+
+        texts, counts = await asyncio.to_thread(anonymize)
+        return dataprep_pb2.AnonymizeTextsResponse(texts=texts, counts=dict(counts))
 
     async def UploadFile(self, request_iterator, context):
         header = None
@@ -337,7 +358,8 @@ async def build(runtime: Runtime) -> ServiceParts:
     worker = DatasetWorker(runtime, artifacts, resources)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker), server)
+        dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker, resources),
+                                                         server)
         return [dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name]
 
     async def close() -> None:

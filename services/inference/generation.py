@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -49,6 +50,8 @@ class Generation:
     tokens: tuple[GeneratedToken, ...] = ()
     # The stop string that ended it, if one did.
     stop_sequence: str = ""
+    # time.perf_counter() when the first token was chosen (None: no token was asked for).
+    first_token_at: float | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -277,6 +280,7 @@ def _decode(
         return fresh
 
     finish: FinishReason = "length"
+    first_token_at: float | None = None
     cut: int | None = None
     past = None
     sent = 0  # characters of the text handed to on_text
@@ -293,6 +297,7 @@ def _decode(
             token = _pick(logits, temperature, top_p, rng)
             completion.append(token)
             logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+            first_token_at = first_token_at or time.perf_counter()
             if token in eos_ids:
                 finish = "stop"
                 break
@@ -316,7 +321,7 @@ def _decode(
     if on_text is not None and (len(text) > sent or reported < len(completion)):
         on_text(text[sent:], new_tokens())
     return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion), tokens=tokens,
-                      stop_sequence=stop_sequence)
+                      stop_sequence=stop_sequence, first_token_at=first_token_at)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:

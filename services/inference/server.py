@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
 import secrets
 import threading
 import time
@@ -10,7 +13,15 @@ from pathlib import Path
 
 import grpc
 
-from protos import common_pb2, inference_pb2, inference_pb2_grpc, training_pb2, training_pb2_grpc
+from protos import (
+    common_pb2,
+    dataprep_pb2,
+    dataprep_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
 from services.inference import store
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator
@@ -20,13 +31,17 @@ from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata, tenant_of
 
+log = logging.getLogger(__name__)
+
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, runtime: Runtime, generator: Generator, registry: training_pb2_grpc.TrainingStub):
+    def __init__(self, runtime: Runtime, generator: Generator, registry: training_pb2_grpc.TrainingStub,
+                 dataprep: dataprep_pb2_grpc.DataPrepStub | None = None):
         self._db = runtime.db
         self._settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
         self._generator = generator
         self._registry = registry
+        self._dataprep = dataprep  # redacts the texts the completion log keeps (log_texts "redacted")
 
     async def _fine_tuned(self, model_id: str, tenant: str) -> FineTuned | None:
         """A fine-tuned model's registry entry, asked of the training service for the caller's
@@ -64,28 +79,59 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             **streaming,
         )
 
-    async def _log(self, context, model: str, generation: Generation, started: float, *,
+    async def _log(self, context, request, generation: Generation, started: float, *, stream: bool = False,
                    completion_id: str | None = None, created: int | None = None) -> tuple[str, int]:
+        latency_s = time.perf_counter() - started
         completion_id = completion_id or f"cmpl-{secrets.token_hex(12)}"
         created = created or int(time.time())
+        kept, asked, answer = await self._kept_texts(request, generation, tenant_of(context))
         async with self._db.transaction() as session:
             await store.log_completion(
                 session,
                 id=completion_id,
                 tenant=tenant_of(context),
-                model=model,
+                model=request.model,
                 prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens,
                 finish_reason=generation.finish_reason,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                latency_ms=latency_s * 1000,
                 created_at=created,
+                request=asked,
+                response=answer,
+                texts=kept,
+                stream=stream,
+                ttft_ms=(generation.first_token_at - started) * 1000 if generation.first_token_at else None,
+                cost_usd=latency_s * self._settings.price_per_hour_usd / 3600,
             )
         return completion_id, created
+
+    async def _kept_texts(self, request, generation: Generation, tenant: str) -> tuple[str, str | None, str | None]:
+        """What the log keeps of the request and the answer, as `log_texts` says: (how, request JSON, answer)."""
+        mode = self._settings.log_texts
+        if mode == "none":
+            return "none", None, None
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        texts = [m["content"] for m in messages] if messages else [request.prompt]
+        texts.append(generation.text)
+        if mode == "redacted":
+            try:
+                redacted = await self._dataprep.AnonymizeTexts(dataprep_pb2.AnonymizeTextsRequest(texts=texts),
+                                                               metadata=tenant_metadata(tenant), timeout=30)
+            except grpc.aio.AioRpcError as error:  # the answer is served; only its texts go unlogged
+                log.warning("completion log: data-prep could not redact (%s); the texts are not kept", error.code())
+                return "withheld", None, None
+            texts = list(redacted.texts)
+        *asked, answer = texts
+        if messages:
+            request_json = {"messages": [{**m, "content": text} for m, text in zip(messages, asked, strict=True)]}
+        else:
+            request_json = {"prompt": asked[0]}
+        return mode, json.dumps(request_json, ensure_ascii=False), answer
 
     async def Generate(self, request, context):
         started = time.perf_counter()
         generation = await self._generate(request, context)
-        completion_id, created = await self._log(context, request.model, generation, started)
+        completion_id, created = await self._log(context, request, generation, started)
         return inference_pb2.GenerateResponse(
             completion_id=completion_id, model=request.model, text=generation.text,
             finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
@@ -120,7 +166,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             generation = generating.result()  # a failure is raised here, before or between chunks
             while not pieces.empty():  # the generator's last pieces came before its result
                 yield chunk(pieces.get_nowait())
-            await self._log(context, request.model, generation, started, completion_id=completion_id,
+            await self._log(context, request, generation, started, stream=True, completion_id=completion_id,
                             created=created)
             yield chunk(("", []), finish_reason=generation.finish_reason, usage=_usage(generation),
                         stop_sequence=generation.stop_sequence)
@@ -139,15 +185,38 @@ def _usage(generation: Generation) -> common_pb2.Usage:
 
 
 async def build(runtime: Runtime) -> ServiceParts:
-    generator = Generator(ModelStore(runtime.settings))
-    training = open_channel(runtime.settings.training_addr, runtime.settings)
-    registry = training_pb2_grpc.TrainingStub(training)
+    settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
+    generator = Generator(ModelStore(settings))
+    channels = [open_channel(settings.training_addr, settings)]
+    registry = training_pb2_grpc.TrainingStub(channels[0])
+    dataprep = None
+    if settings.log_texts == "redacted":
+        channels.append(open_channel(settings.dataprep_addr, settings))
+        dataprep = dataprep_pb2_grpc.DataPrepStub(channels[-1])
 
     def register(server: grpc.aio.Server) -> list[str]:
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(runtime, generator, registry), server)
+        servicer = InferenceServicer(runtime, generator, registry, dataprep)
+        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
         return [inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name]
 
-    return ServiceParts(register=register, on_close=training.close)
+    async def sweep_completion_log(stopping: asyncio.Event) -> None:
+        """Delete completions past their retention, now and then every log_sweep_s."""
+        while not stopping.is_set():
+            if settings.log_retention_days:
+                async with runtime.db.transaction() as session:
+                    deleted = await store.delete_completions_before(
+                        session, int(time.time()) - settings.log_retention_days * 86400)
+                if deleted:
+                    log.info("completion log: deleted %d completions older than %d days", deleted,
+                             settings.log_retention_days)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), settings.log_sweep_s)
+
+    async def close() -> None:
+        for channel in channels:
+            await channel.close()
+
+    return ServiceParts(register=register, background=[sweep_completion_log], on_close=close)
 
 
 DEFINITION = ServiceDefinition(

@@ -1,3 +1,7 @@
+from typing import Literal
+
+from pydantic import Field
+
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
 
@@ -5,3 +9,12 @@ class InferenceSettings(ServiceSettings):
     grpc_port: int = DEFAULT_SERVICE_PORTS["inference"]
     # max_tokens when a request leaves it at 0.
     default_max_tokens: int = 256
+    # What this machine costs an hour: each completion's estimated cost is its latency's share of it.
+    price_per_hour_usd: float = Field(default=0.0, ge=0)
+    # What the completion log keeps of prompts and answers: "full"; "redacted", with personal data
+    # replaced by placeholders by the data-prep service, as in datasets; or "none" (counts and times).
+    log_texts: Literal["full", "redacted", "none"] = "full"
+    # Completions older than this many days are deleted from the log; 0 keeps them forever.
+    log_retention_days: int = Field(default=90, ge=0)
+    # How often the log is swept for completions past their retention.
+    log_sweep_s: float = Field(default=3600.0, gt=0)

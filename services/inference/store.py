@@ -21,10 +21,26 @@ completions = sa.Table(
     sa.Column("finish_reason", sa.String(16), nullable=False),
     sa.Column("latency_ms", sa.Float, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # JSON: {"messages": [...]} or {"prompt": "..."}; None when the texts are not kept.
+    sa.Column("request", sa.Text, nullable=True),
+    sa.Column("response", sa.Text, nullable=True),
+    # How the texts were kept: "full", "redacted", "none", or "withheld" (redaction was asked for
+    # but the data-prep service could not do it, so nothing was kept rather than the raw text).
+    sa.Column("texts", sa.String(16), nullable=False, server_default="none"),
+    sa.Column("stream", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("ttft_ms", sa.Float, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
     sa.Index("ix_inference_completions_tenant", "tenant", "created_at"),
+    sa.Index("ix_inference_completions_created", "created_at"),
 )
 
 
 async def log_completion(session: AsyncSession, **row) -> None:
     """Record one served completion; feedback and monitoring read this log."""
     await session.execute(completions.insert().values(**row))
+
+
+async def delete_completions_before(session: AsyncSession, created_before: int) -> int:
+    """Delete the completions logged before `created_before` (epoch seconds); how many went."""
+    result = await session.execute(completions.delete().where(completions.c.created_at < created_before))
+    return result.rowcount or 0

@@ -1,5 +1,8 @@
 """Generation over gRPC from the tiny model, with every completion logged (SQLite and PostgreSQL)."""
 
+import asyncio
+import json
+
 import grpc
 import pytest
 import sqlalchemy as sa
@@ -106,3 +109,86 @@ async def test_a_fine_tuned_model_is_served_to_its_own_tenant_only(settings, tmp
     assert other.value.code() == grpc.StatusCode.NOT_FOUND and error_param(other.value) == "model"
     assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "adapter files missing" in gone.value.details()
     assert [(row["model"], row["tenant"]) for row in rows] == [(model_id, "acme")]
+
+
+async def test_the_log_keeps_texts_time_to_first_token_and_cost(settings):
+    settings = settings.model_copy(update={"price_per_hour_usd": 3.6})
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        chat = await stub.Generate(
+            inference_pb2.GenerateRequest(model="tiny-llama", max_tokens=3,
+                                          messages=[common_pb2.ChatMessage(role="system", content="Be brief."),
+                                                    common_pb2.ChatMessage(role="user", content="Hi")]),
+            metadata=call_metadata())
+        chunks = [c async for c in stub.GenerateStream(
+            inference_pb2.GenerateRequest(model="tiny-llama", prompt="Once upon", max_tokens=4),
+            metadata=call_metadata())]
+        rows = {row["id"]: row for row in await _logged(service)}
+    logged = rows[chat.completion_id]
+    assert json.loads(logged["request"]) == {"messages": [{"role": "system", "content": "Be brief."},
+                                                          {"role": "user", "content": "Hi"}]}
+    assert (logged["response"], logged["texts"], logged["stream"]) == (chat.text, "full", False)
+    assert 0 < logged["ttft_ms"] <= logged["latency_ms"]
+    assert logged["cost_usd"] == pytest.approx(logged["latency_ms"] / 1000 * 3.6 / 3600)
+    streamed = rows[chunks[-1].completion_id]
+    assert {c.completion_id for c in chunks} == {streamed["id"]} and streamed["stream"] is True
+    assert json.loads(streamed["request"]) == {"prompt": "Once upon"}
+    assert streamed["response"] == "".join(c.text for c in chunks) and streamed["completion_tokens"] == 4
+    assert [t.id for c in chunks for t in c.tokens] and chunks[-1].usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("log_texts", ["none", "redacted"])
+async def test_the_log_keeps_no_texts_or_redacted_ones_as_configured(settings, tmp_path, log_texts):
+    from services.dataprep.server import DEFINITION as DATAPREP
+
+    dataprep_settings = service_settings(DATAPREP, tmp_path=tmp_path, database_url=settings.database_url,
+                                         nats_url=settings.nats_url, base_models=settings.base_models)
+    prompt = "Write to jane.doe@example.com or call +44 20 7946 0958."
+    async with running(DATAPREP, dataprep_settings) as (dataprep, _channel):
+        configured = settings.model_copy(update={"log_texts": log_texts,
+                                                 "dataprep_addr": f"127.0.0.1:{dataprep.grpc.port}"})
+        async with running(DEFINITION, configured) as (service, channel):
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            reply = await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt=prompt, max_tokens=2),
+                                        metadata=call_metadata())
+            rows = {row["id"]: row for row in await _logged(service)}
+    logged = rows[reply.completion_id]
+    assert logged["texts"] == log_texts and logged["prompt_tokens"] > 0
+    if log_texts == "none":
+        assert logged["request"] is None and logged["response"] is None
+    else:
+        kept = json.loads(logged["request"])["prompt"]
+        assert "jane.doe@example.com" not in kept and "[EMAIL]" in kept and "[PHONE]" in kept
+        assert logged["response"] is not None
+
+
+async def test_without_data_prep_redacted_texts_are_withheld_and_the_answer_still_served(settings):
+    from tuneloop.nats_server import free_port
+
+    configured = settings.model_copy(update={"log_texts": "redacted", "dataprep_addr": f"127.0.0.1:{free_port()}"})
+    async with running(DEFINITION, configured) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        reply = await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="a@b.io", max_tokens=2),
+                                    metadata=call_metadata())
+        rows = {row["id"]: row for row in await _logged(service)}
+    assert reply.usage.completion_tokens == 2
+    assert (rows[reply.completion_id]["texts"], rows[reply.completion_id]["request"]) == ("withheld", None)
+
+
+async def test_completions_past_their_retention_are_swept(settings):
+    import time
+
+    configured = settings.model_copy(update={"log_retention_days": 7, "log_sweep_s": 0.2})
+    async with running(DEFINITION, configured) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        fresh = await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="x", max_tokens=1),
+                                    metadata=call_metadata())
+        async with service.runtime.db.transaction() as session:
+            await store.log_completion(session, id="cmpl-old", tenant="default", model="tiny-llama", prompt_tokens=1,
+                                       completion_tokens=1, finish_reason="length", latency_ms=1.0,
+                                       created_at=int(time.time()) - 8 * 86400)
+        deadline = time.monotonic() + 10
+        while "cmpl-old" in {row["id"] for row in await _logged(service)}:
+            assert time.monotonic() < deadline, "the old completion was never swept"
+            await asyncio.sleep(0.1)
+        assert fresh.completion_id in {row["id"] for row in await _logged(service)}
