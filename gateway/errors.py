@@ -43,8 +43,9 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = None
         if error.http_status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        elif error.http_status == 503:
-            headers = {"Retry-After": "1"}  # a service restarting is back within seconds; SDKs wait this long
+        elif error.http_status in (429, 503):
+            # A full queue drains and a restarting service is back within seconds; SDKs wait this long.
+            headers = {"Retry-After": "1"}
         return error_response(error.http_status, error.message, error.openai_type, error.param, error.code, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -26,7 +26,7 @@ from services.inference import store
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator
 from services.inference.settings import InferenceSettings
-from services.shared.errors import FailedPrecondition, NotImplementedYet
+from services.shared.errors import FailedPrecondition, NotImplementedYet, ResourceExhausted
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata, tenant_of
@@ -42,6 +42,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._generator = generator
         self._registry = registry
         self._dataprep = dataprep  # redacts the texts the completion log keeps (log_texts "redacted")
+        self._admitted = 0  # requests generating or waiting for their model
 
     async def _fine_tuned(self, model_id: str, tenant: str) -> FineTuned | None:
         """A fine-tuned model's registry entry, asked of the training service for the caller's
@@ -63,7 +64,23 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                                      code="model_not_available")
         return await asyncio.to_thread(read_fine_tuned, model.id, model.base_model, model.path)
 
+    @contextlib.contextmanager
+    def _admission(self):
+        """A place among the requests this process serves at once, or RESOURCE_EXHAUSTED."""
+        if self._admitted >= self._settings.max_queued_requests:
+            raise ResourceExhausted(f"{self._admitted} requests are already being served or waiting; try again "
+                                    "shortly", code="queue_full")
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
     async def _generate(self, request, context, **streaming) -> Generation:
+        with self._admission():
+            return await self._admitted_generate(request, context, **streaming)
+
+    async def _admitted_generate(self, request, context, **streaming) -> Generation:
         fine_tuned = await self._fine_tuned(request.model, tenant_of(context))
         return await asyncio.to_thread(
             self._generator.generate,

@@ -9,6 +9,9 @@ class InferenceSettings(ServiceSettings):
     grpc_port: int = DEFAULT_SERVICE_PORTS["inference"]
     # max_tokens when a request leaves it at 0.
     default_max_tokens: int = 256
+    # Requests generating or waiting for a model at once; more are refused with RESOURCE_EXHAUSTED
+    # (HTTP 429 with Retry-After) instead of queueing without end.
+    max_queued_requests: int = Field(default=64, ge=1)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.
     price_per_hour_usd: float = Field(default=0.0, ge=0)
     # What the completion log keeps of prompts and answers: "full"; "redacted", with personal data

@@ -192,3 +192,26 @@ async def test_completions_past_their_retention_are_swept(settings):
             assert time.monotonic() < deadline, "the old completion was never swept"
             await asyncio.sleep(0.1)
         assert fresh.completion_id in {row["id"] for row in await _logged(service)}
+
+
+async def test_a_full_queue_refuses_with_resource_exhausted_until_a_place_frees(settings):
+    configured = settings.model_copy(update={"max_queued_requests": 1})
+    async with running(DEFINITION, configured) as (_service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        holding = stub.GenerateStream(inference_pb2.GenerateRequest(model="tiny-llama", prompt="Once", max_tokens=200),
+                                      metadata=call_metadata())
+        await holding.read()  # generating: the one place is taken
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="x", max_tokens=1),
+                                metadata=call_metadata())
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "try again" in refused.value.details()
+        holding.cancel()  # the client leaves: its generation stops and the place frees
+        for _ in range(100):
+            try:
+                served = await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="x", max_tokens=1),
+                                             metadata=call_metadata())
+                break
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(0.05)
+        assert served.usage.completion_tokens == 1
