@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,26 @@ class Api:
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
             return self._check(self._client.request(method, path, **kwargs))
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach the gateway at {self.url}: {error}") from None
+
+    def events(self, path: str, **kwargs) -> Iterator[dict]:
+        """The JSON of each server-sent event of a streamed POST, until `data: [DONE]`."""
+        try:
+            with self._client.stream("POST", path, **kwargs) as response:
+                if not response.is_success:
+                    response.read()
+                    self._check(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    event = json.loads(data)
+                    if "error" in event:
+                        raise ApiError(event["error"].get("message", str(event["error"])))
+                    yield event
         except httpx.HTTPError as error:
             raise ApiError(f"cannot reach the gateway at {self.url}: {error}") from None
 

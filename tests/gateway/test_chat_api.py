@@ -124,3 +124,28 @@ def test_a_client_that_leaves_mid_stream_does_not_hold_the_model(client, stack):
     reply = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=2, temperature=0,
                                            timeout=30)
     assert reply.usage.completion_tokens > 0
+
+
+def test_tuneloop_chat_streams_answers_keeps_the_conversation_and_shows_errors(stack):
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import ROOT
+
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="200")
+    typed = "What colour is item 4?\n/reset\nAnd item 5?\n/exit\n"
+    session = subprocess.run([sys.executable, "-m", "tuneloop", "chat", TINY_MODEL_ID, "--temperature", "0",
+                              "--max-tokens", "5"], input=typed, capture_output=True, text=True, timeout=120,
+                             cwd=ROOT, env=env)
+    assert session.returncode == 0, session.stdout + session.stderr
+    assert session.stdout.count("(cmpl-") == 2 and "(conversation forgotten)" in session.stdout
+    # the first answer is what the API gives for that one question
+    first = session.stdout.split(f"{TINY_MODEL_ID}> ", 2)[1].split("\n(cmpl-")[0]
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+    expected = client.chat.completions.create(model=TINY_MODEL_ID, messages=QUESTION, max_tokens=5, temperature=0)
+    assert first == expected.choices[0].message.content
+
+    unknown = subprocess.run([sys.executable, "-m", "tuneloop", "chat", "gpt-9"], input="hello\n", capture_output=True,
+                             text=True, timeout=60, cwd=ROOT, env=env)
+    assert unknown.returncode == 0 and "404" in unknown.stdout and "gpt-9" in unknown.stdout
