@@ -25,21 +25,53 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/inference.proto\x12\x0btuneloop.v1\x1a\x13protos/common.proto\"\xbe\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\tB\x07\n\x05_seed\"\xd5\x01\n\x10GenerateResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t\"L\n\x0eGeneratedToken\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0f\n\x07special\x18\x04 \x01(\x08\"\xd2\x01\n\rGenerateChunk\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t2\xa2\x01\n\tInference\x12G\n\x08Generate\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1d.tuneloop.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1a.tuneloop.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/inference.proto\x12\x0btuneloop.v1\x1a\x13protos/common.proto\"\xe9\x01\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61nary_version\x18\x04 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x05 \x01(\x05\x12\x14\n\x0c\x61uto_promote\x18\x06 \x01(\x08\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\x12\x12\n\nupdated_at\x18\x08 \x01(\x03\x12.\n\x07history\x18\t \x03(\x0b\x32\x1d.tuneloop.v1.DeploymentChange\"y\n\x10\x44\x65ploymentChange\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\x12\x0f\n\x07percent\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\n\n\x02\x61t\x18\x06 \x01(\x03\"T\n\x17\x43reateDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0c\x61uto_promote\x18\x03 \x01(\x08\"G\n\x18\x43reateDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.tuneloop.v1.Deployment\"$\n\x14GetDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x15GetDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.tuneloop.v1.Deployment\"\x18\n\x16ListDeploymentsRequest\"G\n\x17ListDeploymentsResponse\x12,\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x17.tuneloop.v1.Deployment\"O\n\x18PromoteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"H\n\x19PromoteDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.tuneloop.v1.Deployment\"H\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x05\"@\n\x11SetCanaryResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.tuneloop.v1.Deployment\"9\n\x19RollbackDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"I\n\x1aRollbackDeploymentResponse\x12+\n\ndeployment\x18\x01 \x01(\x0b\x32\x17.tuneloop.v1.Deployment\"\'\n\x17\x44\x65leteDeploymentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"9\n\x18\x44\x65leteDeploymentResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"\xcc\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12*\n\x08messages\x18\x02 \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\r\n\x05top_p\x18\x06 \x01(\x02\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x0c\n\x04user\x18\t \x01(\tB\x07\n\x05_seed\"\xd5\x01\n\x10GenerateResponse\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x03\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t\"L\n\x0eGeneratedToken\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x0f\n\x07special\x18\x04 \x01(\x08\"\xd2\x01\n\rGenerateChunk\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x03\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12!\n\x05usage\x18\x06 \x01(\x0b\x32\x12.tuneloop.v1.Usage\x12+\n\x06tokens\x18\x07 \x03(\x0b\x32\x1b.tuneloop.v1.GeneratedToken\x12\x15\n\rstop_sequence\x18\x08 \x01(\t2\xb1\x06\n\tInference\x12G\n\x08Generate\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1d.tuneloop.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.tuneloop.v1.GenerateRequest\x1a\x1a.tuneloop.v1.GenerateChunk0\x01\x12_\n\x10\x43reateDeployment\x12$.tuneloop.v1.CreateDeploymentRequest\x1a%.tuneloop.v1.CreateDeploymentResponse\x12V\n\rGetDeployment\x12!.tuneloop.v1.GetDeploymentRequest\x1a\".tuneloop.v1.GetDeploymentResponse\x12\\\n\x0fListDeployments\x12#.tuneloop.v1.ListDeploymentsRequest\x1a$.tuneloop.v1.ListDeploymentsResponse\x12\x62\n\x11PromoteDeployment\x12%.tuneloop.v1.PromoteDeploymentRequest\x1a&.tuneloop.v1.PromoteDeploymentResponse\x12J\n\tSetCanary\x12\x1d.tuneloop.v1.SetCanaryRequest\x1a\x1e.tuneloop.v1.SetCanaryResponse\x12\x65\n\x12RollbackDeployment\x12&.tuneloop.v1.RollbackDeploymentRequest\x1a\'.tuneloop.v1.RollbackDeploymentResponse\x12_\n\x10\x44\x65leteDeployment\x12$.tuneloop.v1.DeleteDeploymentRequest\x1a%.tuneloop.v1.DeleteDeploymentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=61
-  _globals['_GENERATEREQUEST']._serialized_end=251
-  _globals['_GENERATERESPONSE']._serialized_start=254
-  _globals['_GENERATERESPONSE']._serialized_end=467
-  _globals['_GENERATEDTOKEN']._serialized_start=469
-  _globals['_GENERATEDTOKEN']._serialized_end=545
-  _globals['_GENERATECHUNK']._serialized_start=548
-  _globals['_GENERATECHUNK']._serialized_end=758
-  _globals['_INFERENCE']._serialized_start=761
-  _globals['_INFERENCE']._serialized_end=923
+  _globals['_DEPLOYMENT']._serialized_start=61
+  _globals['_DEPLOYMENT']._serialized_end=294
+  _globals['_DEPLOYMENTCHANGE']._serialized_start=296
+  _globals['_DEPLOYMENTCHANGE']._serialized_end=417
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_start=419
+  _globals['_CREATEDEPLOYMENTREQUEST']._serialized_end=503
+  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_start=505
+  _globals['_CREATEDEPLOYMENTRESPONSE']._serialized_end=576
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=578
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=614
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=616
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=684
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=686
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=710
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=712
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=783
+  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_start=785
+  _globals['_PROMOTEDEPLOYMENTREQUEST']._serialized_end=864
+  _globals['_PROMOTEDEPLOYMENTRESPONSE']._serialized_start=866
+  _globals['_PROMOTEDEPLOYMENTRESPONSE']._serialized_end=938
+  _globals['_SETCANARYREQUEST']._serialized_start=940
+  _globals['_SETCANARYREQUEST']._serialized_end=1012
+  _globals['_SETCANARYRESPONSE']._serialized_start=1014
+  _globals['_SETCANARYRESPONSE']._serialized_end=1078
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_start=1080
+  _globals['_ROLLBACKDEPLOYMENTREQUEST']._serialized_end=1137
+  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_start=1139
+  _globals['_ROLLBACKDEPLOYMENTRESPONSE']._serialized_end=1212
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_start=1214
+  _globals['_DELETEDEPLOYMENTREQUEST']._serialized_end=1253
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_start=1255
+  _globals['_DELETEDEPLOYMENTRESPONSE']._serialized_end=1312
+  _globals['_GENERATEREQUEST']._serialized_start=1315
+  _globals['_GENERATEREQUEST']._serialized_end=1519
+  _globals['_GENERATERESPONSE']._serialized_start=1522
+  _globals['_GENERATERESPONSE']._serialized_end=1735
+  _globals['_GENERATEDTOKEN']._serialized_start=1737
+  _globals['_GENERATEDTOKEN']._serialized_end=1813
+  _globals['_GENERATECHUNK']._serialized_start=1816
+  _globals['_GENERATECHUNK']._serialized_end=2026
+  _globals['_INFERENCE']._serialized_start=2029
+  _globals['_INFERENCE']._serialized_end=2846
 # @@protoc_insertion_point(module_scope)

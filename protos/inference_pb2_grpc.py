@@ -45,6 +45,41 @@ class InferenceStub:
                 request_serializer=protos_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=protos_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.CreateDeployment = channel.unary_unary(
+                '/tuneloop.v1.Inference/CreateDeployment',
+                request_serializer=protos_dot_inference__pb2.CreateDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.CreateDeploymentResponse.FromString,
+                _registered_method=True)
+        self.GetDeployment = channel.unary_unary(
+                '/tuneloop.v1.Inference/GetDeployment',
+                request_serializer=protos_dot_inference__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.GetDeploymentResponse.FromString,
+                _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/tuneloop.v1.Inference/ListDeployments',
+                request_serializer=protos_dot_inference__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.PromoteDeployment = channel.unary_unary(
+                '/tuneloop.v1.Inference/PromoteDeployment',
+                request_serializer=protos_dot_inference__pb2.PromoteDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.PromoteDeploymentResponse.FromString,
+                _registered_method=True)
+        self.SetCanary = channel.unary_unary(
+                '/tuneloop.v1.Inference/SetCanary',
+                request_serializer=protos_dot_inference__pb2.SetCanaryRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.SetCanaryResponse.FromString,
+                _registered_method=True)
+        self.RollbackDeployment = channel.unary_unary(
+                '/tuneloop.v1.Inference/RollbackDeployment',
+                request_serializer=protos_dot_inference__pb2.RollbackDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.RollbackDeploymentResponse.FromString,
+                _registered_method=True)
+        self.DeleteDeployment = channel.unary_unary(
+                '/tuneloop.v1.Inference/DeleteDeployment',
+                request_serializer=protos_dot_inference__pb2.DeleteDeploymentRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.DeleteDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -66,6 +101,55 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDeployment(self, request, context):
+        """Creates a named deployment serving a model version; clients then ask for it by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeployment(self, request, context):
+        """One deployment, with its history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeployments(self, request, context):
+        """The tenant's deployments.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteDeployment(self, request, context):
+        """Makes a version the one a deployment serves to everyone (ending any canary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCanary(self, request, context):
+        """Sends a share of a deployment's traffic to a candidate version (0 ends the canary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackDeployment(self, request, context):
+        """Goes back to the version served before the last promotion.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDeployment(self, request, context):
+        """Deletes a deployment; its models stay in the registry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +162,41 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=protos_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=protos_dot_inference__pb2.GenerateChunk.SerializeToString,
+            ),
+            'CreateDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDeployment,
+                    request_deserializer=protos_dot_inference__pb2.CreateDeploymentRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.CreateDeploymentResponse.SerializeToString,
+            ),
+            'GetDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeployment,
+                    request_deserializer=protos_dot_inference__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.GetDeploymentResponse.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=protos_dot_inference__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'PromoteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteDeployment,
+                    request_deserializer=protos_dot_inference__pb2.PromoteDeploymentRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.PromoteDeploymentResponse.SerializeToString,
+            ),
+            'SetCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCanary,
+                    request_deserializer=protos_dot_inference__pb2.SetCanaryRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.SetCanaryResponse.SerializeToString,
+            ),
+            'RollbackDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackDeployment,
+                    request_deserializer=protos_dot_inference__pb2.RollbackDeploymentRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.RollbackDeploymentResponse.SerializeToString,
+            ),
+            'DeleteDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDeployment,
+                    request_deserializer=protos_dot_inference__pb2.DeleteDeploymentRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.DeleteDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +254,195 @@ class Inference:
             '/tuneloop.v1.Inference/GenerateStream',
             protos_dot_inference__pb2.GenerateRequest.SerializeToString,
             protos_dot_inference__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/CreateDeployment',
+            protos_dot_inference__pb2.CreateDeploymentRequest.SerializeToString,
+            protos_dot_inference__pb2.CreateDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/GetDeployment',
+            protos_dot_inference__pb2.GetDeploymentRequest.SerializeToString,
+            protos_dot_inference__pb2.GetDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/ListDeployments',
+            protos_dot_inference__pb2.ListDeploymentsRequest.SerializeToString,
+            protos_dot_inference__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/PromoteDeployment',
+            protos_dot_inference__pb2.PromoteDeploymentRequest.SerializeToString,
+            protos_dot_inference__pb2.PromoteDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/SetCanary',
+            protos_dot_inference__pb2.SetCanaryRequest.SerializeToString,
+            protos_dot_inference__pb2.SetCanaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/RollbackDeployment',
+            protos_dot_inference__pb2.RollbackDeploymentRequest.SerializeToString,
+            protos_dot_inference__pb2.RollbackDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/DeleteDeployment',
+            protos_dot_inference__pb2.DeleteDeploymentRequest.SerializeToString,
+            protos_dot_inference__pb2.DeleteDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

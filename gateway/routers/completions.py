@@ -97,7 +97,7 @@ class SamplingIn(BaseModel):
     def request(self, **fields) -> inference_pb2.GenerateRequest:
         request = inference_pb2.GenerateRequest(
             model=self.model, max_tokens=self.max_tokens or 0, temperature=self.temperature, top_p=self.top_p,
-            stop=self.stops(), **fields)
+            stop=self.stops(), user=self.user or "", **fields)
         if self.seed is not None:
             request.seed = self.seed
         return request

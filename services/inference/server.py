@@ -22,7 +22,8 @@ from protos import (
     training_pb2,
     training_pb2_grpc,
 )
-from services.inference import store
+from services.inference import events, store
+from services.inference.deployments import Deployment, Deployments
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator
 from services.inference.settings import InferenceSettings
@@ -38,6 +39,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(self, runtime: Runtime, generator: Generator, registry: training_pb2_grpc.TrainingStub,
                  dataprep: dataprep_pb2_grpc.DataPrepStub | None = None):
         self._db = runtime.db
+        self._models = ModelStore(runtime.settings)
+        self.deployments = Deployments(runtime.db, self._check_version, runtime.relay.poke)
         self._settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
         self._generator = generator
         self._registry = registry
@@ -76,13 +79,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         finally:
             self._admitted -= 1
 
-    async def _generate(self, request, context, **streaming) -> Generation:
+    async def _generate(self, request, context, **streaming) -> tuple[str, Generation]:
+        """(the deployment asked for, or "", the generation); `request.model` becomes the version that answers."""
         with self._admission():
             return await self._admitted_generate(request, context, **streaming)
 
-    async def _admitted_generate(self, request, context, **streaming) -> Generation:
-        fine_tuned = await self._fine_tuned(request.model, tenant_of(context))
-        return await asyncio.to_thread(
+    async def _check_version(self, version: str, tenant: str) -> None:
+        """A version a deployment may serve: a base model, or an available fine-tuned model of the tenant."""
+        if version.startswith("ft:"):
+            await self._fine_tuned(version, tenant)
+        else:
+            self._models.check_known(version)
+
+    async def _resolve(self, request, tenant: str) -> tuple[str, str]:
+        """(deployment, model version) of a request: a deployment's name picks one of its versions."""
+        name = request.model
+        if name.startswith("ft:") or name in self._models.base_model_ids():
+            return "", name
+        version = await self.deployments.resolve(tenant, name, request.user)
+        return (name, version) if version is not None else ("", name)  # not a deployment: the model is unknown
+
+    async def _admitted_generate(self, request, context, **streaming) -> tuple[str, Generation]:
+        deployment, version = await self._resolve(request, tenant_of(context))
+        request.model = version  # what answers, and what the response and the log name
+        fine_tuned = await self._fine_tuned(version, tenant_of(context))
+        return deployment, await asyncio.to_thread(
             self._generator.generate,
             request.model,
             fine_tuned=fine_tuned,
@@ -96,8 +117,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             **streaming,
         )
 
-    async def _log(self, context, request, generation: Generation, started: float, *, stream: bool = False,
-                   completion_id: str | None = None, created: int | None = None) -> tuple[str, int]:
+    async def _log(self, context, request, generation: Generation, started: float, *, deployment: str = "",
+                   stream: bool = False, completion_id: str | None = None, created: int | None = None
+                   ) -> tuple[str, int]:
         latency_s = time.perf_counter() - started
         completion_id = completion_id or f"cmpl-{secrets.token_hex(12)}"
         created = created or int(time.time())
@@ -119,6 +141,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 stream=stream,
                 ttft_ms=(generation.first_token_at - started) * 1000 if generation.first_token_at else None,
                 cost_usd=latency_s * self._settings.price_per_hour_usd / 3600,
+                deployment=deployment,
             )
         return completion_id, created
 
@@ -147,13 +170,46 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request, context):
         started = time.perf_counter()
-        generation = await self._generate(request, context)
-        completion_id, created = await self._log(context, request, generation, started)
+        deployment, generation = await self._generate(request, context)
+        completion_id, created = await self._log(context, request, generation, started, deployment=deployment)
         return inference_pb2.GenerateResponse(
             completion_id=completion_id, model=request.model, text=generation.text,
             finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
             tokens=_tokens(generation.tokens), stop_sequence=generation.stop_sequence,
         )
+
+    # ---- deployments ------------------------------------------------------------------------
+
+    async def CreateDeployment(self, request, context):
+        deployment = await self.deployments.create(tenant_of(context), request.name, request.model_version,
+                                                   request.auto_promote, self._models.base_model_ids())
+        return inference_pb2.CreateDeploymentResponse(deployment=_deployment_message(deployment))
+
+    async def GetDeployment(self, request, context):
+        deployment = await self.deployments.get(tenant_of(context), request.name)
+        return inference_pb2.GetDeploymentResponse(deployment=_deployment_message(deployment))
+
+    async def ListDeployments(self, request, context):
+        deployments = await self.deployments.list(tenant_of(context))
+        return inference_pb2.ListDeploymentsResponse(deployments=[_deployment_message(d) for d in deployments])
+
+    async def PromoteDeployment(self, request, context):
+        deployment = await self.deployments.promote(tenant_of(context), request.name, request.model_version,
+                                                    request.reason)
+        return inference_pb2.PromoteDeploymentResponse(deployment=_deployment_message(deployment))
+
+    async def SetCanary(self, request, context):
+        deployment = await self.deployments.set_canary(tenant_of(context), request.name, request.model_version,
+                                                       request.percent)
+        return inference_pb2.SetCanaryResponse(deployment=_deployment_message(deployment))
+
+    async def RollbackDeployment(self, request, context):
+        deployment = await self.deployments.rollback(tenant_of(context), request.name, request.reason)
+        return inference_pb2.RollbackDeploymentResponse(deployment=_deployment_message(deployment))
+
+    async def DeleteDeployment(self, request, context):
+        await self.deployments.delete(tenant_of(context), request.name)
+        return inference_pb2.DeleteDeploymentResponse(name=request.name, deleted=True)
 
     async def GenerateStream(self, request, context):
         """Text pieces as the generator decides them; the id, logged at the end, is chosen first."""
@@ -180,16 +236,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     yield chunk(waiting.result())
                 else:
                     waiting.cancel()
-            generation = generating.result()  # a failure is raised here, before or between chunks
+            deployment, generation = generating.result()  # a failure is raised here, before or between chunks
             while not pieces.empty():  # the generator's last pieces came before its result
                 yield chunk(pieces.get_nowait())
-            await self._log(context, request, generation, started, stream=True, completion_id=completion_id,
-                            created=created)
+            await self._log(context, request, generation, started, deployment=deployment, stream=True,
+                            completion_id=completion_id, created=created)
             yield chunk(("", []), finish_reason=generation.finish_reason, usage=_usage(generation),
                         stop_sequence=generation.stop_sequence)
         finally:
             cancel.set()  # the client went away (or we are done): free the model for the next request
             generating.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+
+
+def _deployment_message(deployment: Deployment) -> inference_pb2.Deployment:
+    return inference_pb2.Deployment(
+        name=deployment.name, model_version=deployment.model_version, previous_version=deployment.previous_version,
+        canary_version=deployment.canary_version, canary_percent=deployment.canary_percent,
+        auto_promote=deployment.auto_promote, created_at=deployment.created_at, updated_at=deployment.updated_at,
+        history=[inference_pb2.DeploymentChange(action=c.action, from_version=c.from_version, to_version=c.to_version,
+                                                percent=c.percent, reason=c.reason, at=c.at)
+                 for c in deployment.history])
 
 
 def _tokens(tokens) -> list[inference_pb2.GeneratedToken]:
@@ -211,8 +277,9 @@ async def build(runtime: Runtime) -> ServiceParts:
         channels.append(open_channel(settings.dataprep_addr, settings))
         dataprep = dataprep_pb2_grpc.DataPrepStub(channels[-1])
 
+    servicer = InferenceServicer(runtime, generator, registry, dataprep)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        servicer = InferenceServicer(runtime, generator, registry, dataprep)
         inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
         return [inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name]
 
@@ -233,7 +300,8 @@ async def build(runtime: Runtime) -> ServiceParts:
         for channel in channels:
             await channel.close()
 
-    return ServiceParts(register=register, background=[sweep_completion_log], on_close=close)
+    return ServiceParts(register=register, background=[sweep_completion_log], on_close=close,
+                        subscriptions=events.subscriptions(servicer.deployments))
 
 
 DEFINITION = ServiceDefinition(

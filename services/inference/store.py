@@ -30,6 +30,8 @@ completions = sa.Table(
     sa.Column("stream", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("ttft_ms", sa.Float, nullable=True),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    # The deployment asked for, when the request named one (`model` is then the version that answered).
+    sa.Column("deployment", sa.String(63), nullable=False, server_default=""),
     sa.Index("ix_inference_completions_tenant", "tenant", "created_at"),
     sa.Index("ix_inference_completions_created", "created_at"),
 )
@@ -44,3 +46,73 @@ async def delete_completions_before(session: AsyncSession, created_before: int) 
     """Delete the completions logged before `created_before` (epoch seconds); how many went."""
     result = await session.execute(completions.delete().where(completions.c.created_at < created_before))
     return result.rowcount or 0
+
+
+deployments = sa.Table(
+    "inference_deployments",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("model_version", sa.String(255), nullable=False),
+    sa.Column("previous_version", sa.String(255), nullable=False, server_default=""),
+    sa.Column("canary_version", sa.String(255), nullable=False, server_default=""),
+    sa.Column("canary_percent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("auto_promote", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+deployment_changes = sa.Table(
+    "inference_deployment_changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_version", sa.String(255), nullable=False, server_default=""),
+    sa.Column("to_version", sa.String(255), nullable=False, server_default=""),
+    sa.Column("percent", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Index("ix_inference_deployment_changes_name", "tenant", "name", "id"),
+)
+
+
+async def find_deployment(session: AsyncSession, tenant: str, name: str, *, for_update: bool = False):
+    query = sa.select(deployments).where(deployments.c.tenant == tenant, deployments.c.name == name)
+    if for_update:
+        query = query.with_for_update()  # PostgreSQL: concurrent changes of one deployment queue up
+    return (await session.execute(query)).mappings().first()
+
+
+async def list_deployments(session: AsyncSession, tenant: str) -> list:
+    query = sa.select(deployments).where(deployments.c.tenant == tenant).order_by(deployments.c.name)
+    return list((await session.execute(query)).mappings())
+
+
+async def changes_of(session: AsyncSession, tenant: str, name: str) -> list:
+    query = (sa.select(deployment_changes)
+             .where(deployment_changes.c.tenant == tenant, deployment_changes.c.name == name)
+             .order_by(deployment_changes.c.id))
+    return list((await session.execute(query)).mappings())
+
+
+async def insert_deployment(session: AsyncSession, **row) -> None:
+    await session.execute(deployments.insert().values(**row))
+
+
+async def update_deployment(session: AsyncSession, tenant: str, name: str, **values) -> None:
+    await session.execute(deployments.update()
+                          .where(deployments.c.tenant == tenant, deployments.c.name == name).values(**values))
+
+
+async def delete_deployment(session: AsyncSession, tenant: str, name: str) -> bool:
+    result = await session.execute(deployments.delete()
+                                   .where(deployments.c.tenant == tenant, deployments.c.name == name))
+    await session.execute(deployment_changes.delete()
+                          .where(deployment_changes.c.tenant == tenant, deployment_changes.c.name == name))
+    return bool(result.rowcount)
+
+
+async def add_change(session: AsyncSession, **row) -> None:
+    await session.execute(deployment_changes.insert().values(**row))

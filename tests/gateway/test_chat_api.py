@@ -149,3 +149,42 @@ def test_tuneloop_chat_streams_answers_keeps_the_conversation_and_shows_errors(s
     unknown = subprocess.run([sys.executable, "-m", "tuneloop", "chat", "gpt-9"], input="hello\n", capture_output=True,
                              text=True, timeout=60, cwd=ROOT, env=env)
     assert unknown.returncode == 0 and "404" in unknown.stdout and "gpt-9" in unknown.stdout
+
+
+def test_deployments_over_rest_decide_which_model_answers_the_sdk(client, stack):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=stack.url, headers=headers, timeout=60) as http:
+        file = _task_file(client, n=24)
+        job = _wait(client, client.fine_tuning.jobs.create(model=TINY_MODEL_ID, training_file=file.id, suffix="dep",
+                                                           hyperparameters={"n_epochs": 1}).id)
+        assert job.status == "succeeded", job.error
+        created = http.post("/v1/deployments", json={"name": "acme-support", "model": TINY_MODEL_ID})
+        assert created.status_code == 200, created.text
+        assert client.chat.completions.create(model="acme-support", messages=QUESTION, max_tokens=2).model == TINY_MODEL_ID
+
+        promoted = http.post("/v1/deployments/acme-support/promote", json={"model": job.fine_tuned_model}).json()
+        assert (promoted["model"], promoted["previous_model"]) == (job.fine_tuned_model, TINY_MODEL_ID)
+        streamed = list(client.chat.completions.create(model="acme-support", messages=QUESTION, max_tokens=2,
+                                                       stream=True))
+        assert {chunk.model for chunk in streamed} == {job.fine_tuned_model}
+
+        canary = http.post("/v1/deployments/acme-support/canary", json={"model": TINY_MODEL_ID, "percent": 50}).json()
+        assert canary["canary"] == {"model": TINY_MODEL_ID, "percent": 50}
+        seen = {client.chat.completions.create(model="acme-support", messages=QUESTION, max_tokens=1,
+                                               user=f"agent-{i}").model for i in range(16)}
+        assert seen == {TINY_MODEL_ID, job.fine_tuned_model}
+
+        rolled = http.post("/v1/deployments/acme-support/rollback", json={"reason": "quality dropped"}).json()
+        assert rolled["model"] == TINY_MODEL_ID and rolled["canary"] is None
+        assert [c["action"] for c in rolled["history"]] == ["created", "promoted", "canary", "rolled_back"]
+        assert http.get("/v1/deployments").json()["data"][0]["id"] == "acme-support"
+
+        bad = http.post("/v1/deployments", json={"name": "Bad Name", "model": TINY_MODEL_ID})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "name"
+        missing = http.post("/v1/deployments/nope/rollback", json={})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "deployment_not_found"
+        assert http.delete("/v1/deployments/acme-support").json()["deleted"] is True
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="acme-support", messages=QUESTION, max_tokens=1)
