@@ -188,3 +188,31 @@ def test_deployments_over_rest_decide_which_model_answers_the_sdk(client, stack)
         assert http.delete("/v1/deployments/acme-support").json()["deleted"] is True
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="acme-support", messages=QUESTION, max_tokens=1)
+
+
+def test_tuneloop_deploy_creates_promotes_rolls_back_and_shows_history(stack):
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import ROOT
+
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="200")
+
+    def tuneloop(*args):
+        return subprocess.run([sys.executable, "-m", "tuneloop", "deploy", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=env)
+
+    created = tuneloop("create", "cli-support", TINY_MODEL_ID)
+    assert created.returncode == 0 and f"cli-support: {TINY_MODEL_ID}" in created.stdout, created.stdout + created.stderr
+    canary = tuneloop("canary", "cli-support", TINY_MODEL_ID, "30")
+    assert canary.returncode == 2 and "already serves" in canary.stdout
+    promoted = tuneloop("promote", "cli-support", TINY_MODEL_ID, "--reason", "same again")
+    assert promoted.returncode == 0 and "previous: -" in promoted.stdout  # already served: nothing changes
+    refused = tuneloop("rollback", "cli-support")
+    assert refused.returncode == 2 and "no earlier version" in refused.stdout
+    shown = tuneloop("show", "cli-support")
+    assert shown.returncode == 0 and "created" in shown.stdout
+    assert "cli-support" in tuneloop("list").stdout
+    assert tuneloop("delete", "cli-support").returncode == 0
+    assert tuneloop("show", "cli-support").returncode == 2
