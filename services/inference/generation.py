@@ -104,7 +104,7 @@ class Generator:
         the tokens generated since the previous call (all of them, by the last call). Setting
         `cancel` ends the generation after the current token and frees the model for others.
         """
-        _check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
+        check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
         if fine_tuned is None:
             if model_id.startswith("ft:"):
                 raise InvalidArgument(f"{model_id} is a fine-tuned model; resolve it in the registry first",
@@ -140,7 +140,7 @@ class Generator:
             return self._locks.setdefault(model_id, threading.Lock())
 
 
-def _check_request(
+def check_request(
     messages: list[dict[str, Any]] | None,
     prompt: str | None,
     max_tokens: int,

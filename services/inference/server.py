@@ -25,9 +25,10 @@ from protos import (
 from services.inference import events, store
 from services.inference.deployments import Deployment, Deployments
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
-from services.inference.generation import GeneratedToken, Generation, Generator
+from services.inference.generation import GeneratedToken, Generation, Generator, check_request
+from services.inference.remote import OpenAIBackend
 from services.inference.settings import InferenceSettings
-from services.shared.errors import FailedPrecondition, NotImplementedYet, ResourceExhausted
+from services.shared.errors import FailedPrecondition, ResourceExhausted
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata, tenant_of
@@ -45,11 +46,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._generator = generator
         self._registry = registry
         self._dataprep = dataprep  # redacts the texts the completion log keeps (log_texts "redacted")
+        settings = self._settings
+        self._remotes = {model_id: OpenAIBackend(remote.base_url, remote.api_key.get_secret_value())
+                         for model_id, remote in settings.remote_models.items()}
+        self._provider = (OpenAIBackend(settings.provider_base_url, settings.provider_api_key.get_secret_value())
+                          if settings.provider_base_url else None)
         self._admitted = 0  # requests generating or waiting for their model
 
-    async def _fine_tuned(self, model_id: str, tenant: str) -> FineTuned | None:
-        """A fine-tuned model's registry entry, asked of the training service for the caller's
-        tenant (another tenant's model is not found there)."""
+    def remotes(self) -> list[OpenAIBackend]:
+        return list(self._remotes.values())
+
+    @property
+    def provider(self) -> OpenAIBackend | None:
+        return self._provider
+
+    async def _route(self, model_id: str, tenant: str) -> FineTuned | tuple[OpenAIBackend, str] | None:
+        """Who answers `model_id`: a remote (the backend and its name for the model there), a
+        fine-tuned model served here, or (None) a base model served here. Fine-tuned models are
+        asked of the training service's registry for the caller's tenant (another tenant's model
+        is not found there)."""
+        if model_id in self._remotes:
+            return self._remotes[model_id], self._settings.remote_models[model_id].model
         if not model_id.startswith("ft:"):
             return None
         try:
@@ -59,9 +76,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             raise error_from_rpc(error, service="training") from None
         model = response.model
         if model.provider_model:
-            raise NotImplementedYet(f"{model_id} was trained on a provider, which serves it as "
-                                    f"{model.provider_model}; the 'openai' backend that would call it is not "
-                                    "built yet", param="model")
+            if self._provider is None:
+                raise FailedPrecondition(f"{model_id} was tuned on a provider, which serves it as "
+                                         f"{model.provider_model}; set TUNELOOP_PROVIDER_BASE_URL and "
+                                         "TUNELOOP_PROVIDER_API_KEY for the inference service to call it",
+                                         param="model", code="provider_not_configured")
+            return self._provider, model.provider_model
         if not model.available:
             raise FailedPrecondition(f"{model_id} cannot be served: {model.unavailable_reason}", param="model",
                                      code="model_not_available")
@@ -86,15 +106,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def _check_version(self, version: str, tenant: str) -> None:
         """A version a deployment may serve: a base model, or an available fine-tuned model of the tenant."""
-        if version.startswith("ft:"):
-            await self._fine_tuned(version, tenant)
+        if version.startswith("ft:") or version in self._remotes:
+            await self._route(version, tenant)
         else:
             self._models.check_known(version)
 
     async def _resolve(self, request, tenant: str) -> tuple[str, str]:
         """(deployment, model version) of a request: a deployment's name picks one of its versions."""
         name = request.model
-        if name.startswith("ft:") or name in self._models.base_model_ids():
+        if name.startswith("ft:") or name in self._remotes or name in self._models.base_model_ids():
             return "", name
         version = await self.deployments.resolve(tenant, name, request.user)
         return (name, version) if version is not None else ("", name)  # not a deployment: the model is unknown
@@ -102,11 +122,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def _admitted_generate(self, request, context, **streaming) -> tuple[str, Generation]:
         deployment, version = await self._resolve(request, tenant_of(context))
         request.model = version  # what answers, and what the response and the log name
-        fine_tuned = await self._fine_tuned(version, tenant_of(context))
-        return deployment, await asyncio.to_thread(
-            self._generator.generate,
-            request.model,
-            fine_tuned=fine_tuned,
+        route = await self._route(version, tenant_of(context))
+        options = dict(
             messages=[{"role": m.role, "content": m.content} for m in request.messages] or None,
             prompt=request.prompt or None,
             max_tokens=request.max_tokens or self._settings.default_max_tokens,
@@ -116,6 +133,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             stop=list(request.stop),
             **streaming,
         )
+        if isinstance(route, tuple):
+            backend, remote_model = route
+            check_request(options["messages"], options["prompt"], options["max_tokens"], options["temperature"],
+                          options["top_p"], options["seed"], options["stop"])
+            return deployment, await asyncio.to_thread(backend.generate, version, remote_model, **options)
+        return deployment, await asyncio.to_thread(self._generator.generate, version, fine_tuned=route, **options)
 
     async def _log(self, context, request, generation: Generation, started: float, *, deployment: str = "",
                    stream: bool = False, completion_id: str | None = None, created: int | None = None
@@ -299,6 +322,8 @@ async def build(runtime: Runtime) -> ServiceParts:
     async def close() -> None:
         for channel in channels:
             await channel.close()
+        for backend in {*servicer.remotes(), servicer.provider} - {None}:
+            await asyncio.to_thread(backend.close)
 
     return ServiceParts(register=register, background=[sweep_completion_log], on_close=close,
                         subscriptions=events.subscriptions(servicer.deployments))

@@ -1,7 +1,8 @@
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from services.inference.remote import RemoteModel
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
 
@@ -21,3 +22,9 @@ class InferenceSettings(ServiceSettings):
     log_retention_days: int = Field(default=90, ge=0)
     # How often the log is swept for completions past their retention.
     log_sweep_s: float = Field(default=3600.0, gt=0)
+    # Models another OpenAI-compatible server answers for, by our id, as JSON:
+    # {"gpt-mini": {"base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini", "api_key": "sk-..."}}.
+    remote_models: dict[str, RemoteModel] = Field(default_factory=dict)
+    # The fine-tuning provider (the training service's same settings): models tuned there answer from there.
+    provider_base_url: str = ""
+    provider_api_key: SecretStr = SecretStr("")

@@ -1,0 +1,103 @@
+"""The `openai` backend: models served by a remote OpenAI-compatible API, through the official SDK.
+
+Two kinds of model answer from there: models tuned on a provider (the registry names the provider's
+model id; the provider's base URL and key are the training service's settings, shared), and models
+the operator lists in `TUNELOOP_REMOTE_MODELS`. The remote is always asked to stream, so time to
+first token, cancellation (a client that leaves closes the remote stream) and streaming to our own
+clients work the same as for local models. Remote answers carry no per-token details.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import openai
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from services.inference.generation import GeneratedToken, Generation
+from services.shared.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+
+
+class RemoteModel(BaseModel):
+    """A model another OpenAI-compatible server answers for: where, under which name, with which key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_url: str
+    model: str
+    api_key: SecretStr = SecretStr("")
+
+
+class OpenAIBackend:
+    """One SDK client per endpoint; thread-safe, called from the servicer's worker threads."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 300.0, max_retries: int = 2):
+        self.base_url = base_url
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout_s,
+                                     max_retries=max_retries)
+
+    def generate(
+        self,
+        model_id: str,
+        remote_model: str,
+        *,
+        messages: list[dict[str, Any]] | None,
+        prompt: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        stop: Sequence[str],
+        on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """`model_id` (ours, for errors) answered by `remote_model` at this endpoint."""
+        options: dict[str, Any] = {"model": remote_model, "max_tokens": max_tokens, "temperature": temperature,
+                                   "top_p": top_p, "stream": True, "stream_options": {"include_usage": True}}
+        if seed is not None:
+            options["seed"] = seed
+        if stop:
+            options["stop"] = list(stop)
+        text, finish, usage, first_token_at = "", "length", None, None
+        try:
+            if messages is not None:
+                stream = self._client.chat.completions.create(messages=messages, **options)
+            else:
+                stream = self._client.completions.create(prompt=prompt, **options)
+            with stream:
+                for chunk in stream:
+                    if cancel is not None and cancel.is_set():
+                        break  # leaving the `with` closes the remote stream
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        piece = (choice.delta.content or "") if messages is not None else (choice.text or "")
+                        if piece:
+                            first_token_at = first_token_at or time.perf_counter()
+                            text += piece
+                            if on_text is not None:
+                                on_text(piece, [])
+                        if choice.finish_reason:
+                            finish = "length" if choice.finish_reason == "length" else "stop"
+        except openai.NotFoundError as error:
+            raise NotFound(f"{model_id}: the remote at {self.base_url} does not know {remote_model!r}: "
+                           f"{error.message}", param="model", code="model_not_found") from None
+        except openai.RateLimitError as error:
+            raise ResourceExhausted(f"{model_id}: the remote at {self.base_url} is busy: {error.message}") from None
+        except openai.APIConnectionError as error:
+            raise Unavailable(f"{model_id}: cannot reach the remote at {self.base_url}: {error}") from None
+        except openai.APIStatusError as error:
+            if error.status_code >= 500:
+                raise Unavailable(f"{model_id}: the remote at {self.base_url} failed: {error.message}") from None
+            body = error.body if isinstance(error.body, dict) else {}
+            raise InvalidArgument(f"{model_id}: the remote refused the request: {error.message}",
+                                  param=body.get("param") or None) from None
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else 0
+        return Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          first_token_at=first_token_at)
+
+    def close(self) -> None:
+        self._client.close()
