@@ -33,20 +33,21 @@ router = APIRouter(tags=["tgi"])
 # Parameters TGI has and tuneloop does not implement: accepted only at their neutral values.
 _UNSUPPORTED = {"repetition_penalty": (None, 1.0), "frequency_penalty": (None, 0.0), "top_k": (None,),
                 "typical_p": (None,), "truncate": (None,), "top_n_tokens": (None,), "grammar": (None,),
-                "watermark": (False,), "decoder_input_details": (False,), "best_of": (None, 1)}
+                "watermark": (None, False), "decoder_input_details": (None, False), "best_of": (None, 1)}
 
 
 class Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    do_sample: bool = False
-    max_new_tokens: int = Field(default=20, ge=1)
-    return_full_text: bool = False
-    stop: list[str] = Field(default_factory=list, max_length=4)
+    # None stands for the default throughout: clients such as huggingface_hub send every field.
+    do_sample: bool | None = False
+    max_new_tokens: int | None = Field(default=20, ge=1)
+    return_full_text: bool | None = False
+    stop: list[str] | None = Field(default=None, max_length=4)
     seed: int | None = Field(default=None, ge=0)
     temperature: float | None = Field(default=None, gt=0, le=2)
     top_p: float | None = Field(default=None, gt=0, lt=1)
-    details: bool = False
+    details: bool | None = False
     adapter_id: str | None = None
     repetition_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -55,13 +56,13 @@ class Parameters(BaseModel):
     truncate: int | None = None
     top_n_tokens: int | None = None
     grammar: Any = None
-    watermark: bool = False
-    decoder_input_details: bool = False
+    watermark: bool | None = False
+    decoder_input_details: bool | None = False
     best_of: int | None = None
 
     @property
     def sampling(self) -> bool:
-        return self.do_sample or self.temperature is not None or self.top_p is not None
+        return bool(self.do_sample) or self.temperature is not None or self.top_p is not None
 
 
 class TgiRequest(BaseModel):
@@ -99,7 +100,7 @@ def _request(model: str | None, body: TgiRequest) -> inference_pb2.GenerateReque
             raise TgiError(422, f"parameters.{name} is not supported by tuneloop; leave it unset", "validation")
     request = inference_pb2.GenerateRequest(
         model=model or parameters.adapter_id or DEFAULT_MODEL_ID, prompt=body.inputs,
-        max_tokens=parameters.max_new_tokens, stop=parameters.stop,
+        max_tokens=parameters.max_new_tokens or 20, stop=parameters.stop or [],
         temperature=(parameters.temperature or 1.0) if parameters.sampling else 0.0, top_p=parameters.top_p or 0.0)
     if parameters.seed is not None:
         request.seed = parameters.seed

@@ -1,4 +1,7 @@
-"""The `openai` backend: models served by a remote OpenAI-compatible API, through the official SDK.
+"""Remote backends: models served by another server. `openai`: an OpenAI-compatible API, through the
+official SDK. `tgi`: a Text Generation Inference server, through `huggingface_hub.InferenceClient` (the
+maintained successor of the `text-generation` client, which cannot share an environment with
+transformers 5).
 
 Two kinds of model answer from there: models tuned on a provider (the registry names the provider's
 model id; the provider's base URL and key are the training service's settings, shared), and models
@@ -12,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel, ConfigDict, SecretStr
@@ -22,12 +25,14 @@ from services.shared.errors import InvalidArgument, NotFound, ResourceExhausted,
 
 
 class RemoteModel(BaseModel):
-    """A model another OpenAI-compatible server answers for: where, under which name, with which key."""
+    """A model another server answers for: its API ("openai", or "tgi" for Text Generation
+    Inference), where, under which name (TGI: the adapter id, empty for its own model), which key."""
 
     model_config = ConfigDict(frozen=True)
 
+    backend: Literal["openai", "tgi"] = "openai"
     base_url: str
-    model: str
+    model: str = ""
     api_key: SecretStr = SecretStr("")
 
 
@@ -101,3 +106,79 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self._client.close()
+
+
+class TgiBackend:
+    """A remote TGI server: prompts through its generate API (per-token details included), chats
+    through its Messages API. `remote_model` is a LoRA adapter id there, or empty for its own model."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 300.0):
+        from huggingface_hub import InferenceClient
+
+        self.base_url = base_url
+        self._client = InferenceClient(base_url=base_url, api_key=api_key or None, timeout=timeout_s)
+
+    def generate(self, model_id: str, remote_model: str, *, messages, prompt, max_tokens, temperature, top_p, seed,
+                 stop, on_text=None, cancel=None) -> Generation:
+        import httpx2  # huggingface_hub's own HTTP client
+        from huggingface_hub.errors import HfHubHTTPError
+
+        sampling = {"temperature": temperature, "top_p": top_p if top_p < 1 else None} if temperature > 0 else {}
+        text, tokens, finish, first_token_at, usage = "", [], "length", None, None
+        try:
+            if messages is not None:
+                stream = self._client.chat_completion(
+                    messages=messages, model=remote_model or None, max_tokens=max_tokens, seed=seed,
+                    stop=list(stop) or None, stream=True, stream_options={"include_usage": True},
+                    temperature=temperature, top_p=top_p)
+                for chunk in stream:
+                    if cancel is not None and cancel.is_set():
+                        break
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        piece = choice.delta.content or ""
+                        if piece:
+                            first_token_at = first_token_at or time.perf_counter()
+                            text += piece
+                            if on_text is not None:
+                                on_text(piece, [])
+                        if choice.finish_reason:
+                            finish = "length" if choice.finish_reason == "length" else "stop"
+                prompt_tokens = usage.prompt_tokens if usage else 0
+                completion_tokens = usage.completion_tokens if usage else 0
+                return Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                  first_token_at=first_token_at)
+            stream = self._client.text_generation(
+                prompt, details=True, stream=True, adapter_id=remote_model or None, max_new_tokens=max_tokens,
+                seed=seed, stop=list(stop) or None, do_sample=temperature > 0, **sampling)
+            for event in stream:
+                if cancel is not None and cancel.is_set():
+                    break
+                token = GeneratedToken(event.token.id, event.token.text, event.token.logprob or 0.0,
+                                       event.token.special)
+                tokens.append(token)
+                first_token_at = first_token_at or time.perf_counter()
+                piece = "" if token.special else token.text
+                if event.details is not None:  # the last event: TGI's own text (cut at a stop string)
+                    finish = "length" if event.details.finish_reason == "length" else "stop"
+                    piece = (event.generated_text or "")[len(text):]
+                text += piece
+                if on_text is not None:
+                    on_text(piece, [token])
+        except HfHubHTTPError as error:
+            status = error.response.status_code if error.response is not None else 0
+            message = f"{model_id}: the TGI server at {self.base_url} answered {status}: {error}"
+            if status == 404:
+                raise NotFound(message, param="model", code="model_not_found") from None
+            if status == 429:
+                raise ResourceExhausted(message) from None
+            if 400 <= status < 500:
+                raise InvalidArgument(message) from None
+            raise Unavailable(message) from None
+        except (httpx2.TransportError, OSError, TimeoutError) as error:
+            raise Unavailable(f"{model_id}: cannot reach the TGI server at {self.base_url}: {error}") from None
+        return Generation(text, finish, prompt_tokens=0, completion_tokens=len(tokens), tokens=tuple(tokens),
+                          first_token_at=first_token_at)
+
+    def close(self) -> None:
+        """Nothing held open: each call is its own HTTP request."""

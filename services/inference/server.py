@@ -26,7 +26,7 @@ from services.inference import events, store
 from services.inference.deployments import Deployment, Deployments
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator, check_request
-from services.inference.remote import OpenAIBackend
+from services.inference.remote import OpenAIBackend, TgiBackend
 from services.inference.settings import InferenceSettings
 from services.shared.errors import FailedPrecondition, ResourceExhausted
 from services.shared.models import ModelStore
@@ -47,20 +47,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._registry = registry
         self._dataprep = dataprep  # redacts the texts the completion log keeps (log_texts "redacted")
         settings = self._settings
-        self._remotes = {model_id: OpenAIBackend(remote.base_url, remote.api_key.get_secret_value())
+        self._remotes = {model_id: (TgiBackend if remote.backend == "tgi" else OpenAIBackend)(
+                             remote.base_url, remote.api_key.get_secret_value())
                          for model_id, remote in settings.remote_models.items()}
         self._provider = (OpenAIBackend(settings.provider_base_url, settings.provider_api_key.get_secret_value())
                           if settings.provider_base_url else None)
         self._admitted = 0  # requests generating or waiting for their model
 
-    def remotes(self) -> list[OpenAIBackend]:
+    def remotes(self) -> list[OpenAIBackend | TgiBackend]:
         return list(self._remotes.values())
 
     @property
     def provider(self) -> OpenAIBackend | None:
         return self._provider
 
-    async def _route(self, model_id: str, tenant: str) -> FineTuned | tuple[OpenAIBackend, str] | None:
+    async def _route(self, model_id: str, tenant: str) -> FineTuned | tuple[OpenAIBackend | TgiBackend, str] | None:
         """Who answers `model_id`: a remote (the backend and its name for the model there), a
         fine-tuned model served here, or (None) a base model served here. Fine-tuned models are
         asked of the training service's registry for the caller's tenant (another tenant's model

@@ -27,7 +27,11 @@ CHAT = [common_pb2.ChatMessage(role="user", content="What colour is item 4?")]
 def settings(tmp_path, nats_url, tiny_model_dir, stack):
     remote = {"remote-tiny": RemoteModel(base_url=f"{stack.url}/v1", model=TINY_MODEL_ID, api_key=SecretStr(API_KEY)),
               "remote-missing": RemoteModel(base_url=f"{stack.url}/v1", model="gpt-9", api_key=SecretStr(API_KEY)),
-              "remote-down": RemoteModel(base_url=f"http://127.0.0.1:{free_port()}/v1", model="x")}
+              "remote-down": RemoteModel(base_url=f"http://127.0.0.1:{free_port()}/v1", model="x"),
+              # TGI's API: the stack's root routes, the model as the adapter id
+              "remote-tgi": RemoteModel(backend="tgi", base_url=stack.url, model=TINY_MODEL_ID,
+                                        api_key=SecretStr(API_KEY)),
+              "remote-tgi-down": RemoteModel(backend="tgi", base_url=f"http://127.0.0.1:{free_port()}")}
     return service_settings(DEFINITION, tmp_path=tmp_path, database_url=f"sqlite:///{tmp_path / 'i.db'}",
                             nats_url=nats_url, base_models={TINY_MODEL_ID: tiny_model_dir}, remote_models=remote)
 
@@ -57,6 +61,7 @@ async def test_a_remote_model_answers_as_the_remote_does_whole_and_streamed(sett
 @pytest.mark.parametrize(("model", "code", "param"), [
     ("remote-missing", grpc.StatusCode.NOT_FOUND, "model"),
     ("remote-down", grpc.StatusCode.UNAVAILABLE, None),
+    ("remote-tgi-down", grpc.StatusCode.UNAVAILABLE, None),
 ])
 async def test_remote_failures_come_back_as_errors(settings, model, code, param):
     async with running(DEFINITION, settings) as (_service, channel):
@@ -94,3 +99,22 @@ async def test_a_model_tuned_on_a_provider_answers_from_the_provider(settings, s
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "TUNELOOP_PROVIDER_BASE_URL" in (
         refused.value.details())
     assert reply.model == model_id and reply.usage.completion_tokens == 3
+
+
+async def test_a_remote_tgi_model_answers_as_the_tgi_server_does(settings, stack):
+    direct = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY)
+    plain = direct.completions.create(model=TINY_MODEL_ID, prompt="Once upon a time", max_tokens=6, temperature=0)
+    chat = direct.chat.completions.create(model=TINY_MODEL_ID, max_tokens=5, temperature=0,
+                                          messages=[{"role": "user", "content": "What colour is item 4?"}])
+    async with running(DEFINITION, settings) as (_service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        request = inference_pb2.GenerateRequest(model="remote-tgi", prompt="Once upon a time", max_tokens=6)
+        whole = await stub.Generate(request, metadata=call_metadata())
+        chunks = [c async for c in stub.GenerateStream(request, metadata=call_metadata())]
+        chatted = await stub.Generate(inference_pb2.GenerateRequest(model="remote-tgi", messages=CHAT, max_tokens=5),
+                                      metadata=call_metadata())
+    assert whole.text == plain.choices[0].text and whole.usage.completion_tokens == 6 == len(whole.tokens)
+    assert all(token.logprob <= 0 for token in whole.tokens) and whole.finish_reason == "length"
+    assert "".join(c.text for c in chunks) == whole.text and [t.id for c in chunks for t in c.tokens] == [
+        t.id for t in whole.tokens]
+    assert chatted.text == chat.choices[0].message.content
