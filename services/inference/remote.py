@@ -66,26 +66,13 @@ class OpenAIBackend:
             options["seed"] = seed
         if stop:
             options["stop"] = list(stop)
-        text, finish, usage, first_token_at = "", "length", None, None
         try:
             if messages is not None:
                 stream = self._client.chat.completions.create(messages=messages, **options)
             else:
                 stream = self._client.completions.create(prompt=prompt, **options)
-            with stream:
-                for chunk in stream:
-                    if cancel is not None and cancel.is_set():
-                        break  # leaving the `with` closes the remote stream
-                    usage = chunk.usage or usage
-                    for choice in chunk.choices:
-                        piece = (choice.delta.content or "") if messages is not None else (choice.text or "")
-                        if piece:
-                            first_token_at = first_token_at or time.perf_counter()
-                            text += piece
-                            if on_text is not None:
-                                on_text(piece, [])
-                        if choice.finish_reason:
-                            finish = "length" if choice.finish_reason == "length" else "stop"
+            with stream:  # leaving it, also on cancel, closes the remote stream
+                return _read_openai_stream(stream, chat=messages is not None, on_text=on_text, cancel=cancel)
         except openai.NotFoundError as error:
             raise NotFound(f"{model_id}: the remote at {self.base_url} does not know {remote_model!r}: "
                            f"{error.message}", param="model", code="model_not_found") from None
@@ -99,13 +86,30 @@ class OpenAIBackend:
             body = error.body if isinstance(error.body, dict) else {}
             raise InvalidArgument(f"{model_id}: the remote refused the request: {error.message}",
                                   param=body.get("param") or None) from None
-        prompt_tokens = usage.prompt_tokens if usage else 0
-        completion_tokens = usage.completion_tokens if usage else 0
-        return Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          first_token_at=first_token_at)
 
     def close(self) -> None:
         self._client.close()
+
+
+def _read_openai_stream(stream, *, chat: bool, on_text, cancel) -> Generation:
+    """A streamed answer in OpenAI's chunk shape (from the SDK, or TGI's Messages API), passed on
+    to `on_text` piece by piece; stops reading when `cancel` is set."""
+    text, finish, usage, first_token_at = "", "length", None, None
+    for chunk in stream:
+        if cancel is not None and cancel.is_set():
+            break
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            piece = (choice.delta.content or "") if chat else (choice.text or "")
+            if piece:
+                first_token_at = first_token_at or time.perf_counter()
+                text += piece
+                if on_text is not None:
+                    on_text(piece, [])
+            if choice.finish_reason:
+                finish = "length" if choice.finish_reason == "length" else "stop"
+    return Generation(text, finish, prompt_tokens=usage.prompt_tokens if usage else 0,
+                      completion_tokens=usage.completion_tokens if usage else 0, first_token_at=first_token_at)
 
 
 class TgiBackend:
@@ -124,30 +128,14 @@ class TgiBackend:
         from huggingface_hub.errors import HfHubHTTPError
 
         sampling = {"temperature": temperature, "top_p": top_p if top_p < 1 else None} if temperature > 0 else {}
-        text, tokens, finish, first_token_at, usage = "", [], "length", None, None
+        text, tokens, finish, first_token_at = "", [], "length", None
         try:
             if messages is not None:
                 stream = self._client.chat_completion(
                     messages=messages, model=remote_model or None, max_tokens=max_tokens, seed=seed,
                     stop=list(stop) or None, stream=True, stream_options={"include_usage": True},
                     temperature=temperature, top_p=top_p)
-                for chunk in stream:
-                    if cancel is not None and cancel.is_set():
-                        break
-                    usage = chunk.usage or usage
-                    for choice in chunk.choices:
-                        piece = choice.delta.content or ""
-                        if piece:
-                            first_token_at = first_token_at or time.perf_counter()
-                            text += piece
-                            if on_text is not None:
-                                on_text(piece, [])
-                        if choice.finish_reason:
-                            finish = "length" if choice.finish_reason == "length" else "stop"
-                prompt_tokens = usage.prompt_tokens if usage else 0
-                completion_tokens = usage.completion_tokens if usage else 0
-                return Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  first_token_at=first_token_at)
+                return _read_openai_stream(stream, chat=True, on_text=on_text, cancel=cancel)
             stream = self._client.text_generation(
                 prompt, details=True, stream=True, adapter_id=remote_model or None, max_new_tokens=max_tokens,
                 seed=seed, stop=list(stop) or None, do_sample=temperature > 0, **sampling)

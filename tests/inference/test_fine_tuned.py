@@ -13,10 +13,8 @@ from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import Generator
 from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.models import ModelStore
-from services.shared.settings import Settings
 from services.training.trainer import TrainConfig, Trainer
 from tests.fixtures.tiny_model import TINY_MODEL_ID
-from tests.training.test_trainer import load_tiny
 
 QUESTION = [{"role": "user", "content": "What colour is the sky?"}]
 
@@ -27,13 +25,8 @@ def _answers(answer: str, n: int = 24) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def store(tiny_model_dir, tmp_path_factory) -> ModelStore:
-    """A model store whose tiny base has the embeddings `load_tiny` gives it, so adapters learn."""
-    model, tokenizer = load_tiny(tiny_model_dir)
-    path = tmp_path_factory.mktemp("tiny-base")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return ModelStore(Settings(data_dir=tmp_path_factory.mktemp("data"), base_models={TINY_MODEL_ID: path}))
+def store(learning_store):
+    return learning_store
 
 
 def _train(store: ModelStore, directory: Path, answer: str, method: str = "supervised") -> FineTuned:

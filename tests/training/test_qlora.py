@@ -15,20 +15,14 @@ from bitsandbytes.nn import Linear4bit
 
 from services.shared.errors import InvalidArgument
 from services.shared.models import ModelStore
-from services.shared.settings import Settings
 from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer
 from tests.fixtures.tiny_model import TINY_MODEL_ID
-from tests.training.test_trainer import load_tiny, parity_examples
+from tests.training.test_trainer import parity_examples
 
 
 @pytest.fixture(scope="module")
-def store(tiny_model_dir, tmp_path_factory) -> ModelStore:
-    """A model store whose tiny model has the embeddings `load_tiny` gives it, so an adapter can learn."""
-    model, tokenizer = load_tiny(tiny_model_dir)
-    path = tmp_path_factory.mktemp("tiny-scaled")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return ModelStore(Settings(data_dir=tmp_path_factory.mktemp("data"), base_models={TINY_MODEL_ID: path}))
+def store(learning_store):
+    return learning_store
 
 
 def _trainer(store: ModelStore, output_dir: Path, method: str = "qlora", quantize: bool = True, **overrides) -> Trainer:
