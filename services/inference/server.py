@@ -9,6 +9,7 @@ import logging
 import secrets
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -53,6 +54,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._provider = (OpenAIBackend(settings.provider_base_url, settings.provider_api_key.get_secret_value())
                           if settings.provider_base_url else None)
         self._admitted = 0  # requests generating or waiting for their model
+        self._pending_logs: set[asyncio.Task] = set()  # log writes of streams whose client left
 
     def remotes(self) -> list[OpenAIBackend | TgiBackend]:
         return list(self._remotes.values())
@@ -141,18 +143,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             return deployment, await asyncio.to_thread(backend.generate, version, remote_model, **options)
         return deployment, await asyncio.to_thread(self._generator.generate, version, fine_tuned=route, **options)
 
-    async def _log(self, context, request, generation: Generation, started: float, *, deployment: str = "",
+    async def _log(self, tenant: str, request, generation: Generation, started: float, *, deployment: str = "",
                    stream: bool = False, completion_id: str | None = None, created: int | None = None
                    ) -> tuple[str, int]:
         latency_s = time.perf_counter() - started
         completion_id = completion_id or f"cmpl-{secrets.token_hex(12)}"
         created = created or int(time.time())
-        kept, asked, answer = await self._kept_texts(request, generation, tenant_of(context))
+        kept, asked, answer = await self._kept_texts(request, generation, tenant)
         async with self._db.transaction() as session:
             await store.log_completion(
                 session,
                 id=completion_id,
-                tenant=tenant_of(context),
+                tenant=tenant,
                 model=request.model,
                 prompt_tokens=generation.prompt_tokens,
                 completion_tokens=generation.completion_tokens,
@@ -195,7 +197,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Generate(self, request, context):
         started = time.perf_counter()
         deployment, generation = await self._generate(request, context)
-        completion_id, created = await self._log(context, request, generation, started, deployment=deployment)
+        completion_id, created = await self._log(tenant_of(context), request, generation, started,
+                                                 deployment=deployment)
         return inference_pb2.GenerateResponse(
             completion_id=completion_id, model=request.model, text=generation.text,
             finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
@@ -206,7 +209,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def CreateDeployment(self, request, context):
         deployment = await self.deployments.create(tenant_of(context), request.name, request.model_version,
-                                                   request.auto_promote, self._models.base_model_ids())
+                                                   request.auto_promote, [*self._models.base_model_ids(), *self._remotes])
         return inference_pb2.CreateDeploymentResponse(deployment=_deployment_message(deployment))
 
     async def GetDeployment(self, request, context):
@@ -239,6 +242,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         """Text pieces as the generator decides them; the id, logged at the end, is chosen first."""
         started = time.perf_counter()
         completion_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        tenant, logged = tenant_of(context), False
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[tuple[str, list[GeneratedToken]]] = asyncio.Queue()
         cancel = threading.Event()
@@ -263,13 +267,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             deployment, generation = generating.result()  # a failure is raised here, before or between chunks
             while not pieces.empty():  # the generator's last pieces came before its result
                 yield chunk(pieces.get_nowait())
-            await self._log(context, request, generation, started, deployment=deployment, stream=True,
+            logged = True
+            await self._log(tenant, request, generation, started, deployment=deployment, stream=True,
                             completion_id=completion_id, created=created)
             yield chunk(("", []), finish_reason=generation.finish_reason, usage=_usage(generation),
                         stop_sequence=generation.stop_sequence)
         finally:
             cancel.set()  # the client went away (or we are done): free the model for the next request
             generating.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+            if not logged:  # the client left mid-stream: what it was sent is logged once generation stops
+                task = asyncio.ensure_future(self._log_abandoned(generating, tenant, request, started,
+                                                                 completion_id, created))
+                self._pending_logs.add(task)
+                task.add_done_callback(self._pending_logs.discard)
+
+    async def _log_abandoned(self, generating: asyncio.Future, tenant: str, request, started: float,
+                             completion_id: str, created: int) -> None:
+        try:
+            deployment, generation = await generating
+        except Exception:  # it failed: the client got the error, there is nothing to log
+            return
+        try:
+            await self._log(tenant, request, replace(generation, finish_reason="cancelled"), started,
+                            deployment=deployment, stream=True, completion_id=completion_id, created=created)
+        except Exception:
+            log.exception("completion log: the abandoned stream %s could not be logged", completion_id)
 
 
 def _deployment_message(deployment: Deployment) -> inference_pb2.Deployment:

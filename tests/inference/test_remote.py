@@ -118,3 +118,18 @@ async def test_a_remote_tgi_model_answers_as_the_tgi_server_does(settings, stack
     assert "".join(c.text for c in chunks) == whole.text and [t.id for c in chunks for t in c.tokens] == [
         t.id for t in whole.tokens]
     assert chatted.text == chat.choices[0].message.content
+
+
+async def test_a_deployment_can_serve_a_remote_model_but_not_take_its_name(settings):
+    async with running(DEFINITION, settings) as (_service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as taken:
+            await stub.CreateDeployment(inference_pb2.CreateDeploymentRequest(name="remote-tiny",
+                                                                              model_version=TINY_MODEL_ID),
+                                        metadata=call_metadata())
+        await stub.CreateDeployment(inference_pb2.CreateDeploymentRequest(name="outsourced", model_version="remote-tiny"),
+                                    metadata=call_metadata())
+        reply = await stub.Generate(inference_pb2.GenerateRequest(model="outsourced", prompt="Once", max_tokens=2),
+                                    metadata=call_metadata())
+    assert taken.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(taken.value) == "name"
+    assert reply.model == "remote-tiny" and reply.usage.completion_tokens == 2

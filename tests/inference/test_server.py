@@ -215,3 +215,20 @@ async def test_a_full_queue_refuses_with_resource_exhausted_until_a_place_frees(
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await asyncio.sleep(0.05)
         assert served.usage.completion_tokens == 1
+
+
+async def test_a_stream_whose_client_leaves_is_logged_as_cancelled_with_what_was_generated(settings):
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        call = stub.GenerateStream(inference_pb2.GenerateRequest(model="tiny-llama", prompt="Once", max_tokens=200),
+                                   metadata=call_metadata())
+        first = await call.read()
+        call.cancel()
+        for _ in range(100):
+            rows = {row["id"]: row for row in await _logged(service)}
+            if first.completion_id in rows:
+                break
+            await asyncio.sleep(0.05)
+    logged = rows[first.completion_id]
+    assert logged["finish_reason"] == "cancelled" and logged["stream"] is True
+    assert 0 < logged["completion_tokens"] < 200 and logged["response"].startswith(first.text)
