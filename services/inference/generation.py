@@ -268,15 +268,13 @@ def _decode(
         else:
             rng.manual_seed(seed)
     completion: list[int] = []
-    logprobs: list[float] = []
+    generated: list[GeneratedToken] = []  # the same tokens with their text and log-probability
     special_ids = set(tokenizer.all_special_ids)
     reported = 0  # tokens handed to on_text
 
     def new_tokens() -> list[GeneratedToken]:
         nonlocal reported
-        fresh = [GeneratedToken(token, tokenizer.decode([token]), logprob, token in special_ids)
-                 for token, logprob in zip(completion[reported:], logprobs[reported:], strict=True)]
-        reported = len(completion)
+        fresh, reported = generated[reported:], len(generated)
         return fresh
 
     finish: FinishReason = "length"
@@ -296,7 +294,8 @@ def _decode(
             logits = output.logits[0, -1].float()
             token = _pick(logits, temperature, top_p, rng)
             completion.append(token)
-            logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+            generated.append(GeneratedToken(token, tokenizer.decode([token]),
+                                            float(torch.log_softmax(logits, dim=-1)[token]), token in special_ids))
             first_token_at = first_token_at or time.perf_counter()
             if token in eos_ids:
                 finish = "stop"
@@ -316,11 +315,10 @@ def _decode(
     full_text = tokenizer.decode(completion, skip_special_tokens=True)
     text = full_text[:cut] if cut is not None else full_text
     stop_sequence = next((s for s in stop if full_text.find(s) == cut), "") if cut is not None else ""
-    tokens = tuple(GeneratedToken(token, tokenizer.decode([token]), logprob, token in special_ids)
-                   for token, logprob in zip(completion, logprobs, strict=True))
-    if on_text is not None and (len(text) > sent or reported < len(completion)):
+    if on_text is not None and (len(text) > sent or reported < len(generated)):
         on_text(text[sent:], new_tokens())
-    return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion), tokens=tokens,
+    return Generation(text, finish, prompt_tokens=len(input_ids), completion_tokens=len(completion),
+                      tokens=tuple(generated),
                       stop_sequence=stop_sequence, first_token_at=first_token_at)
 
 

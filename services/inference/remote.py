@@ -167,6 +167,3 @@ class TgiBackend:
             raise Unavailable(f"{model_id}: cannot reach the TGI server at {self.base_url}: {error}") from None
         return Generation(text, finish, prompt_tokens=0, completion_tokens=len(tokens), tokens=tuple(tokens),
                           first_token_at=first_token_at)
-
-    def close(self) -> None:
-        """Nothing held open: each call is its own HTTP request."""

@@ -123,9 +123,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return (name, version) if version is not None else ("", name)  # not a deployment: the model is unknown
 
     async def _admitted_generate(self, request, context, **streaming) -> tuple[str, Generation]:
-        deployment, version = await self._resolve(request, tenant_of(context))
-        request.model = version  # what answers, and what the response and the log name
-        route = await self._route(version, tenant_of(context))
+        tenant = tenant_of(context)
         options = dict(
             messages=[{"role": m.role, "content": m.content} for m in request.messages] or None,
             prompt=request.prompt or None,
@@ -134,12 +132,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             top_p=request.top_p or 1.0,  # 0 means no nucleus cut-off (inference.proto)
             seed=request.seed if request.HasField("seed") else None,
             stop=list(request.stop),
-            **streaming,
         )
+        check_request(**options)  # a bad request never waits for the registry, a remote or a model
+        deployment, version = await self._resolve(request, tenant)
+        request.model = version  # what answers, and what the response and the log name
+        route = await self._route(version, tenant)
+        options.update(streaming)
         if isinstance(route, tuple):
             backend, remote_model = route
-            check_request(options["messages"], options["prompt"], options["max_tokens"], options["temperature"],
-                          options["top_p"], options["seed"], options["stop"])
             return deployment, await asyncio.to_thread(backend.generate, version, remote_model, **options)
         return deployment, await asyncio.to_thread(self._generator.generate, version, fine_tuned=route, **options)
 
@@ -346,7 +346,8 @@ async def build(runtime: Runtime) -> ServiceParts:
         for channel in channels:
             await channel.close()
         for backend in {*servicer.remotes(), servicer.provider} - {None}:
-            await asyncio.to_thread(backend.close)
+            if isinstance(backend, OpenAIBackend):  # TGI's client holds no connection between calls
+                await asyncio.to_thread(backend.close)
 
     return ServiceParts(register=register, background=[sweep_completion_log], on_close=close,
                         subscriptions=events.subscriptions(servicer.deployments))

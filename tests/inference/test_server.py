@@ -55,6 +55,9 @@ async def test_generate_chat_and_prompt_and_log_each_completion(settings):
     [
         ({"model": "gpt-9", "prompt": "x"}, grpc.StatusCode.NOT_FOUND, "model"),
         ({"model": "tiny-llama"}, grpc.StatusCode.INVALID_ARGUMENT, "messages"),
+        # checked before the (unreachable here) registry is asked about the model
+        ({"model": "ft:tiny-llama:acme:x:ftjob-0123456789abcdef01234567"}, grpc.StatusCode.INVALID_ARGUMENT,
+         "messages"),
         ({"model": "tiny-llama", "prompt": "x", "max_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "max_tokens"),
     ],
 )
