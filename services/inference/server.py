@@ -315,7 +315,8 @@ def _usage(generation: Generation) -> common_pb2.Usage:
 
 async def build(runtime: Runtime) -> ServiceParts:
     settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
-    generator = Generator(ModelStore(settings))
+    generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
+                          max_adapters=settings.max_adapters)
     channels = [open_channel(settings.training_addr, settings)]
     registry = training_pb2_grpc.TrainingStub(channels[0])
     dataprep = None
@@ -343,6 +344,7 @@ async def build(runtime: Runtime) -> ServiceParts:
                 await asyncio.wait_for(stopping.wait(), settings.log_sweep_s)
 
     async def close() -> None:
+        await asyncio.to_thread(generator.close)
         for channel in channels:
             await channel.close()
         for backend in {*servicer.remotes(), servicer.provider} - {None}:

@@ -13,6 +13,10 @@ class InferenceSettings(ServiceSettings):
     # Requests generating or waiting for a model at once; more are refused with RESOURCE_EXHAUSTED
     # (HTTP 429 with Retry-After) instead of queueing without end.
     max_queued_requests: int = Field(default=64, ge=1)
+    # Requests one model decodes together (the `transformers` backend's batch); more wait their turn.
+    max_batch_size: int = Field(default=16, ge=1)
+    # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
+    max_adapters: int = Field(default=8, ge=1)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.
     price_per_hour_usd: float = Field(default=0.0, ge=0)
     # What the completion log keeps of prompts and answers: "full"; "redacted", with personal data

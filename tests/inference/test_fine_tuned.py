@@ -4,6 +4,7 @@ the chat-template check, with adapters and models really trained on the tiny Lla
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from services.inference.generation import Generator
 from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.models import ModelStore
 from services.training.trainer import TrainConfig, Trainer
+from tests.fixtures.engine import held_back_then_released, same
 from tests.fixtures.tiny_model import TINY_MODEL_ID
 
 QUESTION = [{"role": "user", "content": "What colour is the sky?"}]
@@ -120,3 +122,66 @@ def test_the_served_adapter_computes_what_peft_computes(store, blue):
         output = model.generate(**ids, max_new_tokens=4, do_sample=False)
     expected = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert _greedy(Generator(store), blue.model_id, blue) == expected
+
+
+def test_the_base_model_and_its_adapters_answer_in_one_mixed_batch(store, blue, green):
+    """peft's mixed-adapter batches: each row gets its own adapter (or none), as it would alone."""
+    generator = Generator(store)
+    cases = [(TINY_MODEL_ID, None), (blue.model_id, blue), (green.model_id, green), (blue.model_id, blue)]
+
+    def ask(model, fine_tuned):
+        return generator.generate(model, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=fine_tuned)
+
+    alone = [ask(*case) for case in cases]
+    assert _says(alone[1].text, "blue") and _says(alone[2].text, "green") and not _says(alone[0].text, "blue")
+    engine = generator.engine(TINY_MODEL_ID)
+    batched = held_back_then_released(generator, TINY_MODEL_ID, [lambda case=case: ask(*case) for case in cases])
+    for together, by_itself in zip(batched, alone, strict=True):
+        same(together, by_itself)
+    assert engine.stats.max_rows == len(cases) and engine.stats.mixed_steps > 0
+
+
+def test_past_max_adapters_the_least_recently_used_adapter_is_unloaded(store, blue, green):
+    generator = Generator(store, max_adapters=1)
+    blue_answer = _greedy(generator, blue.model_id, blue)
+    assert generator.loaded_adapters(TINY_MODEL_ID) == [blue.model_id]
+    assert _says(_greedy(generator, green.model_id, green), "green")
+    assert generator.loaded_adapters(TINY_MODEL_ID) == [green.model_id]
+    peft_model = generator._models[TINY_MODEL_ID].peft
+    assert len(peft_model.peft_config) == 1  # blue's weights are gone from the model, not only from our list
+    assert _greedy(generator, blue.model_id, blue) == blue_answer  # and come back when asked for
+    assert generator.loaded_adapters(TINY_MODEL_ID) == [blue.model_id]
+
+
+def test_an_adapter_in_use_is_not_unloaded(store, blue, green):
+    """A request still decoding with an adapter keeps it loaded, whatever max_adapters says; and
+    loading another adapter meanwhile neither fails nor changes that request's answer."""
+    import threading
+
+    generator = Generator(store, max_adapters=1)
+    blue_alone = generator.generate(blue.model_id, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=blue)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_text, _tokens):  # blue's first piece of text: it is in the batch, and waits there
+        started.set()
+        assert release.wait(30)
+
+    answers = {}
+    blue_thread = threading.Thread(target=lambda: answers.update(blue=generator.generate(
+        blue.model_id, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=blue, on_text=hold)))
+    blue_thread.start()
+    assert started.wait(30)
+    green_thread = threading.Thread(target=lambda: answers.update(green=_greedy(generator, green.model_id, green)))
+    green_thread.start()
+    deadline = time.monotonic() + 30
+    while green.model_id not in generator.loaded_adapters(TINY_MODEL_ID):
+        assert time.monotonic() < deadline, "green was never loaded"
+        time.sleep(0.01)
+    assert sorted(generator.loaded_adapters(TINY_MODEL_ID)) == sorted([blue.model_id, green.model_id])
+    release.set()
+    blue_thread.join(30)
+    green_thread.join(30)
+    same(answers["blue"], blue_alone)
+    assert _says(answers["green"], "green")
+    assert _says(_greedy(generator, green.model_id, green), "green")  # both stay until the next load
+    assert generator.loaded_adapters(TINY_MODEL_ID) == [blue.model_id, green.model_id]  # blue least recent

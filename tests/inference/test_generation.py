@@ -6,6 +6,7 @@ from services.inference.generation import Generator
 from services.shared.errors import InvalidArgument, NotFound
 from services.shared.models import ModelStore
 from services.shared.settings import Settings
+from tests.fixtures.engine import held_back_then_released, same
 
 MODEL = "tiny-llama"
 CHAT = [{"role": "user", "content": "Hello there"}]
@@ -160,3 +161,44 @@ def test_cancelling_stops_the_generation_after_the_current_token(generator: Gene
     generation = generator.generate(MODEL, messages=CHAT, max_tokens=50, temperature=0,
                                     on_text=lambda _text, _tokens: cancel.set(), cancel=cancel)
     assert generation.completion_tokens < 5
+
+
+def test_concurrent_requests_decode_in_one_batch_each_as_it_would_alone(generator: Generator) -> None:
+    """Prompts of different lengths (left padding), different lengths of answer (rows leave the
+    batch early), greedy and seeded sampling, a stop string and a stream, all in one batch."""
+    streamed: list[str] = []
+    requests = [
+        {"prompt": "Hi", "max_tokens": 3, "temperature": 0},
+        {"messages": CHAT, "max_tokens": 9, "temperature": 0},
+        {"prompt": "A much longer prompt than the others, to be padded against " * 3, "max_tokens": 6,
+         "temperature": 0},
+        {"messages": CHAT, "max_tokens": 7, "temperature": 0.9, "seed": 5},
+        {"messages": [{"role": "user", "content": "Stream this"}], "max_tokens": 8, "temperature": 0,
+         "on_text": lambda text, _tokens: streamed.append(text)},
+    ]
+    alone = [generator.generate(MODEL, **request) for request in requests]
+    stop = alone[1].text[3:5]  # a stop string the second request's answer reaches
+    requests[1]["stop"] = [stop]
+    alone[1] = generator.generate(MODEL, **requests[1])
+    assert alone[1].finish_reason == "stop"
+    streamed.clear()
+    engine = generator.engine(MODEL)
+    batched = held_back_then_released(
+        generator, MODEL, [lambda request=request: generator.generate(MODEL, **request) for request in requests])
+    for together, by_itself in zip(batched, alone, strict=True):
+        same(together, by_itself)
+    assert "".join(streamed) == alone[4].text
+    assert engine.stats.max_rows == len(requests)  # they really shared forward passes
+
+
+def test_more_requests_than_the_batch_holds_wait_their_turn(tiny_settings: Settings) -> None:
+    generator = Generator(ModelStore(tiny_settings), max_batch_size=2)
+    alone = generator.generate(MODEL, prompt="Hi", max_tokens=4, temperature=0)
+    results = held_back_then_released(
+        generator, MODEL, [lambda: generator.generate(MODEL, prompt="Hi", max_tokens=4, temperature=0)] * 5)
+    for result in results:
+        same(result, alone)
+    assert generator.engine(MODEL).stats.max_rows == 2
+    generator.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        generator.generate(MODEL, prompt="Hi", max_tokens=2)
