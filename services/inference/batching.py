@@ -17,11 +17,12 @@ peft's mixed-adapter batches (`adapter_names`, "__base__" for the base model) ap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -202,6 +203,7 @@ class Engine:
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._closed = False
+        self._paused = 0
         self._rows: list[Sequence] = []
         self._cache: Any = None  # the rows' DynamicCache, left-padded to the longest row
         self._mask: torch.Tensor | None = None  # [rows, cache length]: 1 where a row has a token
@@ -222,6 +224,18 @@ class Engine:
         with self._wake:
             return len(self._waiting)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Meanwhile requests are accepted and wait; the rows already decoding wait too."""
+        with self._wake:
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._paused -= 1
+                self._wake.notify()
+
     def close(self) -> None:
         with self._wake:
             self._closed = True
@@ -231,7 +245,7 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and not self._waiting and not self._rows:
+                while not self._closed and (self._paused or (not self._waiting and not self._rows)):
                     self._wake.wait()
                 if self._closed:
                     for sequence in (*self._waiting, *self._rows):
