@@ -54,7 +54,7 @@ class _LoadedModel:
 class Generator:
     """Loads each model on first use and keeps it; its engine serves every request to it at once.
 
-    Thread-safe: the gRPC server calls `generate` from `asyncio.to_thread`.
+    Thread-safe: the gRPC server calls `generate` from a thread per request.
     """
 
     def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +56,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._provider = (OpenAIBackend(settings.provider_base_url, settings.provider_api_key.get_secret_value())
                           if settings.provider_base_url else None)
         self._admitted = 0  # requests generating or waiting for their model
+        # Each admitted request waits for its answer in a thread of its own: asyncio's default pool
+        # (cores + 4 threads) would keep requests past that out of the batch.
+        self._threads = ThreadPoolExecutor(max_workers=settings.max_queued_requests, thread_name_prefix="generate")
         self._pending_logs: set[asyncio.Task] = set()  # log writes of streams whose client left
 
     def remotes(self) -> list[OpenAIBackend | TgiBackend]:
@@ -140,8 +145,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         options.update(streaming)
         if isinstance(route, tuple):
             backend, remote_model = route
-            return deployment, await asyncio.to_thread(backend.generate, version, remote_model, **options)
-        return deployment, await asyncio.to_thread(self._generator.generate, version, fine_tuned=route, **options)
+            call = functools.partial(backend.generate, version, remote_model, **options)
+        else:
+            call = functools.partial(self._generator.generate, version, fine_tuned=route, **options)
+        return deployment, await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    @property
+    def generator(self) -> Generator:
+        return self._generator
+
+    def close(self) -> None:
+        """Stop the engines (requests still in flight fail) and the threads waiting for them."""
+        self._generator.close()
+        self._threads.shutdown(wait=True)
 
     async def _log(self, tenant: str, request, generation: Generation, started: float, *, deployment: str = "",
                    stream: bool = False, completion_id: str | None = None, created: int | None = None
@@ -260,8 +276,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             while not generating.done():
                 waiting = asyncio.ensure_future(pieces.get())
                 await asyncio.wait({waiting, generating}, return_when=asyncio.FIRST_COMPLETED)
-                if waiting.done():
-                    yield chunk(waiting.result())
+                if waiting.done():  # with the pieces that came meanwhile: one message for a reader that lags
+                    text, tokens = waiting.result()
+                    while not pieces.empty():
+                        more_text, more_tokens = pieces.get_nowait()
+                        text, tokens = text + more_text, tokens + more_tokens
+                    yield chunk((text, tokens))
                 else:
                     waiting.cancel()
             deployment, generation = generating.result()  # a failure is raised here, before or between chunks
@@ -344,7 +364,7 @@ async def build(runtime: Runtime) -> ServiceParts:
                 await asyncio.wait_for(stopping.wait(), settings.log_sweep_s)
 
     async def close() -> None:
-        await asyncio.to_thread(generator.close)
+        await asyncio.to_thread(servicer.close)
         for channel in channels:
             await channel.close()
         for backend in {*servicer.remotes(), servicer.provider} - {None}:
@@ -352,7 +372,7 @@ async def build(runtime: Runtime) -> ServiceParts:
                 await asyncio.to_thread(backend.close)
 
     return ServiceParts(register=register, background=[sweep_completion_log], on_close=close,
-                        subscriptions=events.subscriptions(servicer.deployments))
+                        subscriptions=events.subscriptions(servicer.deployments), servicer=servicer)
 
 
 DEFINITION = ServiceDefinition(

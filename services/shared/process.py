@@ -56,6 +56,8 @@ class ServiceParts:
     # Loops that run beside the server (a worker, a supervisor) until the event they get is set.
     background: list[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
     on_close: Callable[[], Awaitable[None]] | None = None
+    # The servicer, for whoever runs the service in its own process (tests, benchmarks) to look into.
+    servicer: object | None = None
 
 
 @dataclass

@@ -235,3 +235,25 @@ async def test_a_stream_whose_client_leaves_is_logged_as_cancelled_with_what_was
     logged = rows[first.completion_id]
     assert logged["finish_reason"] == "cancelled" and logged["stream"] is True
     assert 0 < logged["completion_tokens"] < 200 and logged["response"].startswith(first.text)
+
+
+async def test_more_concurrent_requests_than_cores_decode_in_one_batch(settings):
+    """Every admitted request reaches the batch at once (none waits for a free thread first)."""
+    requests = 12
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        first = await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hi", max_tokens=3),
+                                    metadata=call_metadata())
+        engine = service.parts.servicer.generator.engine("tiny-llama")
+        with engine.paused():
+            calls = [asyncio.ensure_future(stub.Generate(
+                inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hi", max_tokens=3), metadata=call_metadata()))
+                for _ in range(requests)]
+            for _ in range(300):
+                if engine.waiting == requests:
+                    break
+                await asyncio.sleep(0.02)
+            assert engine.waiting == requests
+        answers = await asyncio.gather(*calls)
+    assert {answer.text for answer in answers} == {first.text}
+    assert engine.stats.max_rows == requests
