@@ -13,8 +13,9 @@ In one run, on SmolLM2-135M-Instruct in float32, greedy, the same chat prompts:
   `/v1/chat/completions`; time to first token is when the first chunk with text arrives.
 - concurrent: `--clients` clients sending the prompts through the same route at once, each taking
   the next prompt when its answer is complete.
-- gateway overhead: one-token completions, alternately through the gateway (HTTP) and from the
-  inference service directly (gRPC, as the gateway calls it); the difference of the medians.
+- gateway overhead: one-token completions of a two-token prompt, alternately through the gateway
+  (HTTP `/v1/completions`) and from the inference service directly (gRPC, as the gateway calls
+  it); the difference of the medians.
 
 Output tokens/s counts the tokens each answer has (`usage.completion_tokens`; the baseline's
 generated ids) over the wall time of the whole phase. Targets (issue 5): concurrent ≥ 8x the
@@ -123,19 +124,17 @@ async def clients(http: httpx.AsyncClient, chats: list, max_tokens: int, n_clien
 
 
 async def overhead(http: httpx.AsyncClient, inference_addr: str, internal_token: str, n: int) -> dict:
-    """Median latency of a one-token completion through the gateway and straight from the service."""
-    chat = prompts(1)[0]
+    """Median latency of a one-token completion of a two-token prompt (little model time, so little
+    noise) through the gateway and straight from the service, alternately."""
     metadata = ((INTERNAL_TOKEN_KEY, internal_token), (TENANT_KEY, "default"))
     via_gateway, direct = [], []
     async with grpc.aio.insecure_channel(inference_addr) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
-        request = inference_pb2.GenerateRequest(
-            model=DEFAULT_MODEL_ID, max_tokens=1,
-            messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in chat])
-        body = {"model": DEFAULT_MODEL_ID, "messages": chat, "max_tokens": 1, "temperature": 0}
+        request = inference_pb2.GenerateRequest(model=DEFAULT_MODEL_ID, prompt="Hi", max_tokens=1)
+        body = {"model": DEFAULT_MODEL_ID, "prompt": "Hi", "max_tokens": 1, "temperature": 0}
         for _ in range(n):
             started = time.perf_counter()
-            (await http.post("/v1/chat/completions", json=body)).raise_for_status()
+            (await http.post("/v1/completions", json=body)).raise_for_status()
             via_gateway.append(time.perf_counter() - started)
             started = time.perf_counter()
             await stub.Generate(request, metadata=metadata, timeout=60)
@@ -166,7 +165,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=16, help="prompts per phase")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--overhead-requests", type=int, default=40)
+    parser.add_argument("--overhead-requests", type=int, default=100)
     args = parser.parse_args()
     chats = prompts(args.requests)
 
