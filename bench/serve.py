@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 import httpx  # noqa: E402
 
-from protos import common_pb2, inference_pb2, inference_pb2_grpc  # noqa: E402
+from protos import inference_pb2, inference_pb2_grpc  # noqa: E402
 from services.shared.models import DEFAULT_MODEL_ID, ModelStore  # noqa: E402
 from services.shared.rpc import INTERNAL_TOKEN_KEY, TENANT_KEY  # noqa: E402
 from services.shared.settings import Settings  # noqa: E402
