@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -36,3 +37,93 @@ class ComputeMetricsResponse(_message.Message):
     scores: _containers.ScalarMap[str, float]
     count: int
     def __init__(self, scores: _Optional[_Mapping[str, float]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class RunEvaluationRequest(_message.Message):
+    __slots__ = ("candidate", "baseline", "deployment", "dataset_id", "file_id", "metrics", "policy_json", "idempotency_key", "max_tokens")
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    candidate: str
+    baseline: str
+    deployment: str
+    dataset_id: str
+    file_id: str
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    policy_json: str
+    idempotency_key: str
+    max_tokens: int
+    def __init__(self, candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class RunEvaluationResponse(_message.Message):
+    __slots__ = ("evaluation",)
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    evaluation: EvaluationRun
+    def __init__(self, evaluation: _Optional[_Union[EvaluationRun, _Mapping]] = ...) -> None: ...
+
+class GetEvaluationRequest(_message.Message):
+    __slots__ = ("evaluation_id",)
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    evaluation_id: str
+    def __init__(self, evaluation_id: _Optional[str] = ...) -> None: ...
+
+class GetEvaluationResponse(_message.Message):
+    __slots__ = ("evaluation",)
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    evaluation: EvaluationRun
+    def __init__(self, evaluation: _Optional[_Union[EvaluationRun, _Mapping]] = ...) -> None: ...
+
+class ListEvaluationsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListEvaluationsResponse(_message.Message):
+    __slots__ = ("evaluations",)
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    evaluations: _containers.RepeatedCompositeFieldContainer[EvaluationRun]
+    def __init__(self, evaluations: _Optional[_Iterable[_Union[EvaluationRun, _Mapping]]] = ...) -> None: ...
+
+class EvaluationRun(_message.Message):
+    __slots__ = ("id", "status", "candidate", "baseline", "base_model", "deployment", "dataset_id", "file_id", "created_at", "completed_at", "progress_done", "progress_total", "passed", "reason", "error_code", "error_message", "report")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_DONE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: str
+    candidate: str
+    baseline: str
+    base_model: str
+    deployment: str
+    dataset_id: str
+    file_id: str
+    created_at: int
+    completed_at: int
+    progress_done: int
+    progress_total: int
+    passed: bool
+    reason: str
+    error_code: str
+    error_message: str
+    report: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., progress_done: _Optional[int] = ..., progress_total: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

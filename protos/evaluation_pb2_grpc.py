@@ -40,6 +40,21 @@ class EvaluationStub:
                 request_serializer=protos_dot_evaluation__pb2.ComputeMetricsRequest.SerializeToString,
                 response_deserializer=protos_dot_evaluation__pb2.ComputeMetricsResponse.FromString,
                 _registered_method=True)
+        self.RunEvaluation = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/RunEvaluation',
+                request_serializer=protos_dot_evaluation__pb2.RunEvaluationRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.RunEvaluationResponse.FromString,
+                _registered_method=True)
+        self.GetEvaluation = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/GetEvaluation',
+                request_serializer=protos_dot_evaluation__pb2.GetEvaluationRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.GetEvaluationResponse.FromString,
+                _registered_method=True)
+        self.ListEvaluations = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/ListEvaluations',
+                request_serializer=protos_dot_evaluation__pb2.ListEvaluationsRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.ListEvaluationsResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServicer:
@@ -53,6 +68,27 @@ class EvaluationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunEvaluation(self, request, context):
+        """Starts a side-by-side run: base, baseline and candidate answer a held-out set; the gate decides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvaluation(self, request, context):
+        """One evaluation: its status, progress and, once completed, its report with the verdict.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvaluations(self, request, context):
+        """The tenant's evaluations, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +96,21 @@ def add_EvaluationServicer_to_server(servicer, server):
                     servicer.ComputeMetrics,
                     request_deserializer=protos_dot_evaluation__pb2.ComputeMetricsRequest.FromString,
                     response_serializer=protos_dot_evaluation__pb2.ComputeMetricsResponse.SerializeToString,
+            ),
+            'RunEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunEvaluation,
+                    request_deserializer=protos_dot_evaluation__pb2.RunEvaluationRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.RunEvaluationResponse.SerializeToString,
+            ),
+            'GetEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvaluation,
+                    request_deserializer=protos_dot_evaluation__pb2.GetEvaluationRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.GetEvaluationResponse.SerializeToString,
+            ),
+            'ListEvaluations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvaluations,
+                    request_deserializer=protos_dot_evaluation__pb2.ListEvaluationsRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.ListEvaluationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +141,87 @@ class Evaluation:
             '/tuneloop.v1.Evaluation/ComputeMetrics',
             protos_dot_evaluation__pb2.ComputeMetricsRequest.SerializeToString,
             protos_dot_evaluation__pb2.ComputeMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/RunEvaluation',
+            protos_dot_evaluation__pb2.RunEvaluationRequest.SerializeToString,
+            protos_dot_evaluation__pb2.RunEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/GetEvaluation',
+            protos_dot_evaluation__pb2.GetEvaluationRequest.SerializeToString,
+            protos_dot_evaluation__pb2.GetEvaluationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvaluations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/ListEvaluations',
+            protos_dot_evaluation__pb2.ListEvaluationsRequest.SerializeToString,
+            protos_dot_evaluation__pb2.ListEvaluationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

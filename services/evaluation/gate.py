@@ -101,8 +101,8 @@ def decide(policy: GatePolicy, measured: Measured) -> Verdict:
                           f"{metric} gain 95% interval [{measured.gain_low:+.3f}, {measured.gain_high:+.3f}] "
                           "(needs to lie above 0)"))
     if measured.baseline_general is None or measured.candidate_general is None:
-        rules.append(Rule("forgetting", False, float("nan"), policy.max_forgetting_drop,
-                          "forgetting was not measured"))
+        rules.append(Rule("forgetting", False, 0.0, policy.max_forgetting_drop,
+                          "forgetting was not measured (no general prompts were asked)"))
     else:
         drop = measured.baseline_general - measured.candidate_general
         rules.append(Rule("forgetting", drop <= policy.max_forgetting_drop, drop, policy.max_forgetting_drop,

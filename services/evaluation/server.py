@@ -5,18 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 
-from protos import evaluation_pb2, evaluation_pb2_grpc
+from protos import (
+    dataprep_pb2_grpc,
+    evaluation_pb2,
+    evaluation_pb2_grpc,
+    inference_pb2_grpc,
+    training_pb2_grpc,
+)
 from services.evaluation import store
 from services.evaluation.metrics import score_pairs
+from services.evaluation.runs import Runs
 from services.evaluation.settings import EvaluationSettings
 from services.shared.errors import InvalidArgument
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
+from services.shared.rpc import open_channel, tenant_of
 
 
 class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
-    def __init__(self, settings: EvaluationSettings):
+    def __init__(self, settings: EvaluationSettings, runs: Runs):
         self._settings = settings
+        self.runs = runs
 
     async def ComputeMetrics(self, request, context):
         if len(request.pairs) > self._settings.max_pairs:
@@ -28,12 +38,53 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
         return evaluation_pb2.ComputeMetricsResponse(scores=scores, count=len(pairs))
 
 
+    async def RunEvaluation(self, request, context):
+        record = await self.runs.start(
+            tenant_of(context), candidate=request.candidate, baseline=request.baseline,
+            deployment=request.deployment, dataset_id=request.dataset_id, file_id=request.file_id,
+            metrics=list(request.metrics), policy_json=request.policy_json,
+            idempotency_key=request.idempotency_key, max_tokens=request.max_tokens)
+        return evaluation_pb2.RunEvaluationResponse(evaluation=_message(record))
+
+    async def GetEvaluation(self, request, context):
+        record = await self.runs.get(tenant_of(context), request.evaluation_id)
+        return evaluation_pb2.GetEvaluationResponse(evaluation=_message(record))
+
+    async def ListEvaluations(self, request, context):
+        records = await self.runs.list(tenant_of(context), request.limit)
+        # The list leaves the reports out: each holds every example.
+        return evaluation_pb2.ListEvaluationsResponse(evaluations=[_message(r, report=False) for r in records])
+
+
+def _message(record: store.EvaluationRecord, *, report: bool = True) -> evaluation_pb2.EvaluationRun:
+    message = evaluation_pb2.EvaluationRun(
+        id=record.id, status=record.status, candidate=record.candidate, baseline=record.baseline,
+        base_model=record.base_model, deployment=record.deployment, dataset_id=record.dataset_id,
+        file_id=record.file_id, created_at=record.created_at, completed_at=record.completed_at or 0,
+        progress_done=record.progress_done, progress_total=record.progress_total, passed=record.passed,
+        reason=record.reason, error_code=record.error_code, error_message=record.error_message)
+    if report and record.report:
+        json_format.Parse(record.report, message.report)
+    return message
+
+
 async def build(runtime: Runtime) -> ServiceParts:
+    settings: EvaluationSettings = runtime.settings  # type: ignore[assignment]
+    channels = [open_channel(address, settings)
+                for address in (settings.inference_addr, settings.training_addr, settings.dataprep_addr)]
+    runs = Runs(runtime, inference_pb2_grpc.InferenceStub(channels[0]), training_pb2_grpc.TrainingStub(channels[1]),
+                dataprep_pb2_grpc.DataPrepStub(channels[2]))
+    servicer = EvaluationServicer(settings, runs)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        evaluation_pb2_grpc.add_EvaluationServicer_to_server(EvaluationServicer(runtime.settings), server)
+        evaluation_pb2_grpc.add_EvaluationServicer_to_server(servicer, server)
         return [evaluation_pb2.DESCRIPTOR.services_by_name["Evaluation"].full_name]
 
-    return ServiceParts(register=register)
+    async def close() -> None:
+        for channel in channels:
+            await channel.close()
+
+    return ServiceParts(register=register, background=[runs.work], on_close=close, servicer=servicer)
 
 
 DEFINITION = ServiceDefinition(

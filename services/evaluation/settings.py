@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
 
@@ -5,3 +7,12 @@ class EvaluationSettings(ServiceSettings):
     grpc_port: int = DEFAULT_SERVICE_PORTS["evaluation"]
     # One ComputeMetrics call scores at most this many pairs.
     max_pairs: int = 100_000
+    # Held-out examples one evaluation may have.
+    max_examples: int = Field(default=2000, ge=1)
+    # Tokens per answer when a request does not say, and the most it may ask for.
+    answer_tokens: int = Field(default=64, ge=1)
+    max_answer_tokens: int = Field(default=1024, ge=1)
+    # Answers asked of the inference service at once (it batches them).
+    concurrency: int = Field(default=8, ge=1)
+    # Seconds one call to another service may take.
+    call_timeout_s: float = Field(default=120.0, gt=0)

@@ -1,0 +1,266 @@
+"""Evaluations as the service runs them: asked for, queued, run one at a time, stored, announced.
+
+A run resolves its three models (the candidate; the baseline: as asked, else the deployment's
+production version, else the candidate's base model; the base model, from the registry), reads its
+held-out examples (a dataset's validation split from data-prep, or a chat file), has every model
+answer through the inference service, and stores the report. The verdict goes out as
+`evaluation.completed` through the outbox in the same transaction, so the inference service
+promotes a passed candidate when its deployment says so. Queued and running evaluations are run
+again after a restart: nothing accepted is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+
+import grpc
+from pydantic import ValidationError
+
+from protos import (
+    common_pb2,
+    dataprep_pb2,
+    dataprep_pb2_grpc,
+    events_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from services.evaluation import store
+from services.evaluation.gate import GatePolicy
+from services.evaluation.metrics import TEXT_METRICS, check_metric_names
+from services.evaluation.settings import EvaluationSettings
+from services.evaluation.side_by_side import Example, run_side_by_side
+from services.shared.bus import new_envelope
+from services.shared.errors import InvalidArgument, NotFound, TuneloopError
+from services.shared.outbox import add_to_outbox
+from services.shared.process import Runtime
+from services.shared.rpc import error_from_rpc, tenant_metadata
+from services.shared.subjects import EVALUATION_COMPLETED
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class Runs:
+    def __init__(self, runtime: Runtime, inference: inference_pb2_grpc.InferenceStub,
+                 registry: training_pb2_grpc.TrainingStub, dataprep: dataprep_pb2_grpc.DataPrepStub):
+        self._runtime = runtime
+        self._settings: EvaluationSettings = runtime.settings  # type: ignore[assignment]
+        self._inference = inference
+        self._registry = registry
+        self._dataprep = dataprep
+        self._wake = asyncio.Event()
+
+    # ---- the API ----------------------------------------------------------------------------------
+
+    async def start(self, tenant: str, *, candidate: str, baseline: str = "", deployment: str = "",
+                    dataset_id: str = "", file_id: str = "", metrics: list[str] | None = None,
+                    policy_json: str = "", idempotency_key: str = "", max_tokens: int = 0) -> store.EvaluationRecord:
+        """Check what needs no other service, store the evaluation queued, and wake the worker."""
+        if not candidate:
+            raise InvalidArgument("candidate is required: the model version under test", param="candidate")
+        if bool(dataset_id) == bool(file_id):
+            raise InvalidArgument("give exactly one of dataset_id (its validation split is used) or file_id",
+                                  param="dataset_id")
+        names = check_metric_names(metrics or []) or list(TEXT_METRICS)
+        try:
+            policy = GatePolicy.model_validate_json(policy_json) if policy_json else GatePolicy()
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise InvalidArgument(f"policy: {'.'.join(map(str, first['loc'])) or 'policy'}: {first['msg']}",
+                                  param="policy") from None
+        if not 0 <= max_tokens <= self._settings.max_answer_tokens:
+            raise InvalidArgument(f"max_tokens must be between 1 and {self._settings.max_answer_tokens}",
+                                  param="max_tokens")
+        for model, param in ((candidate, "candidate"), (baseline, "baseline")):
+            if model:
+                await self._check_model(tenant, model, param)
+        async with self._runtime.db.transaction() as session:
+            if idempotency_key and (found := await store.by_key(session, tenant, idempotency_key)):
+                return found
+            record = await store.add(
+                session, id=f"eval-{secrets.token_hex(12)}", tenant=tenant, candidate=candidate, baseline=baseline,
+                deployment=deployment, dataset_id=dataset_id, file_id=file_id, metrics=json.dumps(names),
+                policy=policy.model_dump_json(), max_tokens=max_tokens or self._settings.answer_tokens,
+                idempotency_key=idempotency_key or None)
+        self._wake.set()
+        return record
+
+    async def _check_model(self, tenant: str, model: str, param: str) -> None:
+        """A model the registry knows for this tenant, or NOT_FOUND naming `param`."""
+        try:
+            await self._registry.GetModel(training_pb2.GetModelRequest(model_id=model),
+                                          metadata=tenant_metadata(tenant), timeout=self._settings.call_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            mapped = error_from_rpc(error, service="training")
+            if isinstance(mapped, NotFound):
+                raise NotFound(f"{param}: {mapped.message}", param=param, code="model_not_found") from None
+            raise mapped from None
+
+    async def get(self, tenant: str, evaluation_id: str) -> store.EvaluationRecord:
+        async with self._runtime.db.transaction() as session:
+            record = await store.get(session, tenant, evaluation_id)
+        if record is None:
+            raise NotFound(f"No evaluation {evaluation_id!r}", param="evaluation_id", code="evaluation_not_found")
+        return record
+
+    async def list(self, tenant: str, limit: int) -> list[store.EvaluationRecord]:
+        if not 0 <= limit <= 100:
+            raise InvalidArgument("limit must be between 1 and 100", param="limit")
+        async with self._runtime.db.transaction() as session:
+            return await store.list_for(session, tenant, limit or 20)
+
+    # ---- the worker -------------------------------------------------------------------------------
+
+    async def work(self, stopping: asyncio.Event) -> None:
+        """Run unfinished evaluations, oldest first, until `stopping` is set."""
+        while not stopping.is_set():
+            self._wake.clear()
+            async with self._runtime.db.transaction() as session:
+                pending = await store.unfinished(session)
+            for record in pending:
+                if stopping.is_set():
+                    return
+                await self._run(record)
+            if not pending:
+                waiting = asyncio.ensure_future(self._wake.wait())
+                stop = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                stop.cancel()
+
+    async def _run(self, record: store.EvaluationRecord) -> None:
+        async with self._runtime.db.transaction() as session:
+            await store.update(session, record.id, status=store.RUNNING)
+        try:
+            base, baseline = await self._models(record)
+            examples = await self._examples(record)
+            async with self._runtime.db.transaction() as session:
+                await store.update(session, record.id, base_model=base, baseline=baseline)
+            last_saved = 0.0
+
+            def progress(done: int, total: int) -> None:
+                nonlocal last_saved
+                if done == total or time.monotonic() - last_saved > 1:
+                    last_saved = time.monotonic()
+                    asyncio.ensure_future(self._progress(record.id, done, total))
+
+            result = await run_side_by_side(
+                examples, base=base, production=baseline, candidate=record.candidate,
+                answer=lambda model, chat: self._answer(record, model, chat), metrics=json.loads(record.metrics),
+                policy=GatePolicy.model_validate_json(record.policy), concurrency=self._settings.concurrency,
+                progress=progress)
+        except EvaluationFailed as failure:
+            await self._fail(record, failure.code, failure.message)
+            return
+        except TuneloopError as error:
+            await self._fail(record, error.code or "evaluation_failed", error.message)
+            return
+        except Exception as error:  # noqa: BLE001 - a bug or an outage fails this evaluation, not the worker
+            log.exception("evaluation %s failed", record.id)
+            await self._fail(record, "evaluation_failed", f"{type(error).__name__}: {error}")
+            return
+        verdict = result.verdict
+        async with self._runtime.db.transaction() as session:
+            await store.update(session, record.id, status=store.COMPLETED, completed_at=store.now(),
+                               passed=verdict.passed, reason=verdict.reason, report=json.dumps(result.to_dict()))
+            await add_to_outbox(session, self._runtime.tables, new_envelope(
+                EVALUATION_COMPLETED,
+                events_pb2.EvaluationCompleted(evaluation_id=record.id, candidate_version=record.candidate,
+                                               baseline_version=baseline, deployment=record.deployment,
+                                               passed=verdict.passed, reason=verdict.reason),
+                source="evaluation", tenant=record.tenant))
+        self._runtime.relay.poke()
+        log.info("evaluation %s: %s (%s)", record.id, "passed" if verdict.passed else "failed", verdict.reason)
+
+    async def _progress(self, evaluation_id: str, done: int, total: int) -> None:
+        async with self._runtime.db.transaction() as session:
+            await store.update(session, evaluation_id, progress_done=done, progress_total=total)
+
+    async def _fail(self, record: store.EvaluationRecord, code: str, message: str) -> None:
+        log.warning("evaluation %s failed: %s", record.id, message)
+        async with self._runtime.db.transaction() as session:
+            await store.update(session, record.id, status=store.FAILED, completed_at=store.now(), error_code=code,
+                               error_message=message)
+
+    # ---- what a run needs from the other services ---------------------------------------------------
+
+    async def _call(self, service: str, rpc, request, tenant: str):
+        try:
+            return await rpc(request, metadata=tenant_metadata(tenant), timeout=self._settings.call_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            mapped = error_from_rpc(error, service=service)
+            raise EvaluationFailed(mapped.code or "evaluation_failed", f"{service}: {mapped.message}") from None
+
+    async def _models(self, record: store.EvaluationRecord) -> tuple[str, str]:
+        """(base model, baseline) of the evaluation."""
+        base = record.candidate
+        if record.candidate.startswith("ft:"):
+            found = await self._call("training", self._registry.GetModel,
+                                     training_pb2.GetModelRequest(model_id=record.candidate), record.tenant)
+            base = found.model.base_model
+        baseline = record.baseline
+        if not baseline and record.deployment:
+            found = await self._call("inference", self._inference.GetDeployment,
+                                     inference_pb2.GetDeploymentRequest(name=record.deployment), record.tenant)
+            baseline = found.deployment.model_version
+        return base, baseline or base
+
+    async def _examples(self, record: store.EvaluationRecord) -> list[Example]:
+        if record.dataset_id:
+            stream = self._dataprep.GetDatasetContent(
+                dataprep_pb2.GetDatasetContentRequest(dataset_id=record.dataset_id, split="validation"),
+                metadata=tenant_metadata(record.tenant), timeout=self._settings.call_timeout_s)
+            where = f"dataset {record.dataset_id} (validation split)"
+        else:
+            stream = self._dataprep.GetFileContent(dataprep_pb2.GetFileContentRequest(file_id=record.file_id),
+                                                   metadata=tenant_metadata(record.tenant),
+                                                   timeout=self._settings.call_timeout_s)
+            where = f"file {record.file_id}"
+        try:
+            data = b"".join([chunk.data async for chunk in stream])
+        except grpc.aio.AioRpcError as error:
+            mapped = error_from_rpc(error, service="dataprep")
+            raise EvaluationFailed(mapped.code or "invalid_examples", f"{where}: {mapped.message}") from None
+        examples = []
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+            if line.strip():
+                examples.append(_example(line, number, where))
+        if not examples:
+            raise EvaluationFailed("invalid_examples", f"{where} holds no examples")
+        if len(examples) > self._settings.max_examples:
+            raise EvaluationFailed("invalid_examples", f"{where} holds {len(examples)} examples; at most "
+                                   f"{self._settings.max_examples} are evaluated at once")
+        return examples
+
+    async def _answer(self, record: store.EvaluationRecord, model: str, chat: list[dict[str, str]]) -> str:
+        request = inference_pb2.GenerateRequest(
+            model=model, max_tokens=record.max_tokens, temperature=0,
+            messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in chat])
+        response = await self._call("inference", self._inference.Generate, request, record.tenant)
+        return response.text
+
+
+def _example(line: str, number: int, where: str) -> Example:
+    """A chat example whose last message is the reference answer, or the reason it is not one."""
+    try:
+        record = json.loads(line)
+        messages = record["messages"]
+        if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
+            raise ValueError("messages must end with the assistant's answer, which is the reference")
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            raise ValueError("each message needs a string content")
+        return Example.from_chat(record)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        detail = "no messages list" if isinstance(error, KeyError | TypeError) else str(error)
+        raise EvaluationFailed("invalid_examples", f"{where}, line {number}: {detail}") from None

@@ -1,0 +1,214 @@
+"""The evaluation service with the real data-prep, training (registry) and inference services over
+gRPC, on two tiny Llamas: `tiny-llama`, and `tiny-other` (other random weights). The held-out set's
+references are tiny-llama's own greedy answers, so tiny-llama is a candidate that must pass against
+tiny-other, and tiny-other one that must fail against tiny-llama."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import grpc
+import pytest
+
+from protos import (
+    common_pb2,
+    dataprep_pb2,
+    dataprep_pb2_grpc,
+    evaluation_pb2,
+    evaluation_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
+from services.dataprep.server import DEFINITION as DATAPREP
+from services.evaluation.server import DEFINITION as EVALUATION
+from services.inference.server import DEFINITION as INFERENCE
+from services.training.server import DEFINITION as TRAINING
+from tests.fixtures.services import call_metadata, error_param, running, service_settings
+from tests.fixtures.tiny_model import TINY_MODEL_ID
+
+OTHER = "tiny-other"
+QUESTIONS = [f"Tell me about ticket {i}." for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_model_dir, tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    path = tmp_path_factory.mktemp("tiny-other")
+    model.save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir, **evaluation_settings):
+    """data-prep, training, inference and evaluation, wired to each other; yields their channels."""
+    models = {TINY_MODEL_ID: tiny_model_dir, OTHER: other_model_dir}
+
+    def settings(definition, **extra):
+        return service_settings(definition, tmp_path=tmp_path, database_url=database_url, nats_url=nats_url,
+                                base_models=models, default_base_model=TINY_MODEL_ID, **extra)
+
+    async with running(DATAPREP, settings(DATAPREP)) as (dataprep, dataprep_channel):
+        addresses = {"dataprep_addr": f"127.0.0.1:{dataprep.grpc.port}"}
+        async with running(TRAINING, settings(TRAINING, **addresses)) as (training, _):
+            addresses["training_addr"] = f"127.0.0.1:{training.grpc.port}"
+            async with running(INFERENCE, settings(INFERENCE, **addresses)) as (inference, inference_channel):
+                addresses["inference_addr"] = f"127.0.0.1:{inference.grpc.port}"
+                async with running(EVALUATION, settings(EVALUATION, **addresses, **evaluation_settings)) as (
+                        evaluation, evaluation_channel):
+                    yield dataprep_channel, inference_channel, evaluation_channel
+
+
+async def _upload(channel, lines: list[dict]) -> str:
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+    async def chunks():
+        yield dataprep_pb2.UploadFileRequest(header=dataprep_pb2.UploadFileHeader(filename="held-out.jsonl",
+                                                                                  purpose="fine-tune"))
+        yield dataprep_pb2.UploadFileRequest(data=content)
+
+    return (await dataprep_pb2_grpc.DataPrepStub(channel).UploadFile(chunks(), metadata=call_metadata())).file.id
+
+
+async def _held_out(inference_channel) -> list[dict]:
+    """tiny-llama's greedy answers as the references."""
+    stub = inference_pb2_grpc.InferenceStub(inference_channel)
+    examples = []
+    for question in QUESTIONS:
+        answer = await stub.Generate(inference_pb2.GenerateRequest(
+            model=TINY_MODEL_ID, max_tokens=6, messages=[common_pb2.ChatMessage(role="user", content=question)]),
+            metadata=call_metadata())
+        examples.append({"messages": [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": answer.text}],
+                         "slice": "even" if len(examples) % 2 == 0 else "odd"})
+    return examples
+
+
+async def _finished(stub, evaluation_id: str) -> evaluation_pb2.EvaluationRun:
+    for _ in range(600):
+        found = (await stub.GetEvaluation(evaluation_pb2.GetEvaluationRequest(evaluation_id=evaluation_id),
+                                          metadata=call_metadata())).evaluation
+        if found.status in ("completed", "failed"):
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"evaluation {evaluation_id} is still {found.status}")
+
+
+async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+            dataprep, inference, evaluation):
+        file_id = await _upload(dataprep, await _held_out(inference))
+        deployments = inference_pb2_grpc.InferenceStub(inference)
+        await deployments.CreateDeployment(inference_pb2.CreateDeploymentRequest(
+            name="acme-support", model_version=OTHER, auto_promote=True), metadata=call_metadata())
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        started = (await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=TINY_MODEL_ID, deployment="acme-support", file_id=file_id, max_tokens=6,
+            metrics=["exact_match", "token_f1", "rougeL"], idempotency_key="k1"), metadata=call_metadata())).evaluation
+        again = (await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=TINY_MODEL_ID, deployment="acme-support", file_id=file_id, idempotency_key="k1"),
+            metadata=call_metadata())).evaluation
+        assert started.status == "queued" and again.id == started.id
+        done = await _finished(stub, started.id)
+        for _ in range(100):  # evaluation.completed travels through the outbox and NATS to inference
+            deployment = (await deployments.GetDeployment(inference_pb2.GetDeploymentRequest(name="acme-support"),
+                                                          metadata=call_metadata())).deployment
+            if deployment.model_version == TINY_MODEL_ID:
+                break
+            await asyncio.sleep(0.1)
+        listed = (await stub.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(), metadata=call_metadata()))
+        other_tenant = await stub.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(),
+                                                  metadata=call_metadata("other"))
+    assert done.status == "completed", done.error_message
+    assert done.passed, done.reason
+    assert (done.baseline, done.base_model) == (OTHER, TINY_MODEL_ID)  # the deployment's production version
+    assert done.progress_done == done.progress_total > 0
+    report = done.report
+    assert report["metrics"][TINY_MODEL_ID]["exact_match"]["value"] == 1.0
+    assert report["metrics"][OTHER]["exact_match"]["value"] < 0.2
+    assert len(report["examples"]) == len(QUESTIONS)
+    assert set(report["examples"][0]["answers"]) == {TINY_MODEL_ID, OTHER}
+    assert set(report["slices"]) == {"even", "odd"}
+    assert [rule["name"] for rule in report["verdict"]["rules"]][:2] == ["min_examples", "primary_metric"]
+    assert deployment.model_version == TINY_MODEL_ID and deployment.previous_version == OTHER
+    assert f"evaluation {done.id} passed" in deployment.history[-1].reason
+    assert [e.id for e in listed.evaluations] == [done.id] and not listed.evaluations[0].report.fields
+    assert list(other_tenant.evaluations) == []
+
+
+async def test_a_worse_candidate_fails_naming_the_rules_and_production_stays(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+            dataprep, inference, evaluation):
+        file_id = await _upload(dataprep, await _held_out(inference))
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        started = (await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=OTHER, baseline=TINY_MODEL_ID, file_id=file_id, max_tokens=6), metadata=call_metadata()))
+        done = await _finished(stub, started.evaluation.id)
+    assert done.status == "completed" and not done.passed
+    failed = [rule["name"] for rule in done.report["verdict"]["rules"] if not rule["passed"]]
+    assert failed[:3] == ["primary_metric", "min_gain", "significant"]
+    assert done.base_model == OTHER  # a base model is its own base: forgetting is measured against itself
+    assert done.reason.startswith("exact_match 0.")
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"file_id": "file-x"}, "candidate"),
+        ({"candidate": TINY_MODEL_ID}, "dataset_id"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "f", "dataset_id": "d"}, "dataset_id"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "f", "metrics": ["meteor"]}, "metrics"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "f", "policy_json": '{"min_ratio": -1}'}, "policy"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "f", "policy_json": "{not json"}, "policy"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "f", "max_tokens": 100_000}, "max_tokens"),
+    ],
+)
+async def test_bad_requests_are_refused_naming_the_field_and_store_nothing(
+        tmp_path, database_url, nats_url, tiny_model_dir, fields, param):
+    settings = service_settings(EVALUATION, tmp_path=tmp_path, database_url=database_url, nats_url=nats_url)
+    async with running(EVALUATION, settings) as (_service, channel):
+        stub = evaluation_pb2_grpc.EvaluationStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(**fields), metadata=call_metadata())
+        listed = await stub.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(), metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetEvaluation(evaluation_pb2.GetEvaluationRequest(evaluation_id="eval-nope"),
+                                     metadata=call_metadata())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(refused.value) == param
+    assert list(listed.evaluations) == []
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_examples_that_are_not_chats_fail_the_evaluation_naming_the_line(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+            dataprep, _inference, evaluation):
+        good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+        file_id = await _upload(dataprep, [good, {"messages": [{"role": "user", "content": "no answer"}]}])
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(candidate=TINY_MODEL_ID, file_id=file_id),
+                                           metadata=call_metadata())
+        done = await _finished(stub, started.evaluation.id)
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(candidate="gpt-9", file_id=file_id),
+                                     metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as unknown_baseline:
+            await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+                candidate=TINY_MODEL_ID, baseline="ft:tiny-llama:other:x:ftjob-1", file_id=file_id),
+                metadata=call_metadata())
+    assert done.status == "failed" and done.error_code == "invalid_examples"
+    assert f"file {file_id}, line 2: messages must end with the assistant's answer" in done.error_message
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and error_param(unknown.value) == "candidate"
+    assert "gpt-9" in unknown.value.details()
+    assert error_param(unknown_baseline.value) == "baseline"
