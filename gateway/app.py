@@ -17,7 +17,17 @@ from gateway.clients import ServiceClients
 from gateway.errors import install_error_handlers
 from gateway.grpc_proxy import PublicServicesProxy, public_service_names
 from gateway.health import HealthMonitor
-from gateway.routers import completions, datasets, deployments, files, fine_tuning, health, models, tgi
+from gateway.routers import (
+    completions,
+    datasets,
+    deployments,
+    evaluations,
+    files,
+    fine_tuning,
+    health,
+    models,
+    tgi,
+)
 from gateway.settings import GatewaySettings
 from services.shared.db import Database
 from services.shared.rpc import GrpcServer, start_server
@@ -52,6 +62,7 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
     app.include_router(fine_tuning.router)
     app.include_router(completions.router)
     app.include_router(deployments.router)
+    app.include_router(evaluations.router)
     app.include_router(tgi.router)
     tgi.install_tgi_errors(app)
     # One span per request: spans for each ASGI message sent or received cost more than they tell.

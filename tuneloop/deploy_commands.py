@@ -10,13 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.api import Api, ApiError
+from tuneloop.cli_options import KeyOption, UrlOption
 
 app = typer.Typer(help="Deployments: the names clients call, and which model version answers them.",
                   no_args_is_help=True)
 console = Console()
 
-UrlOption = Annotated[str | None, typer.Option(help="The gateway [default: $TUNELOOP_URL or http://127.0.0.1:8000]")]
-KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key [default: $TUNELOOP_API_KEY]")]
 
 
 def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs) -> dict:

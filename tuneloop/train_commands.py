@@ -12,22 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuneloop.api import Api, ApiError
+from tuneloop.cli_options import KeyOption, UrlOption, open_api
 
 app = typer.Typer(help="Fine-tuning jobs: create, list, follow, pause, resume, cancel.", no_args_is_help=True)
 console = Console()
 FINISHED = ("succeeded", "failed", "cancelled")
 METHODS = ("supervised", "dpo", "full", "qlora", "distillation")
 
-UrlOption = Annotated[str | None, typer.Option(help="The gateway [default: $TUNELOOP_URL or http://127.0.0.1:8000]")]
-KeyOption = Annotated[str | None, typer.Option("--api-key", help="API key [default: $TUNELOOP_API_KEY]")]
 
 
 def _api(url: str | None, api_key: str | None) -> Api:
-    try:
-        return Api(url, api_key)
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    return open_api(console, url, api_key)
 
 
 @app.command("create")

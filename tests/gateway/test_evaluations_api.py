@@ -1,0 +1,126 @@
+"""`/v1/evaluations` and `tuneloop eval` on the whole stack (`tuneloop up` with the tiny model).
+
+The stack has one base model, so these runs compare the tiny model with itself: the verdict must
+fail (no gain) and say so. A candidate that passes is in tests/evaluation/test_service.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.fixtures.stack import API_KEY, ROOT
+from tests.fixtures.tiny_model import TINY_MODEL_ID
+
+QUESTIONS = [f"What is the status of order {i}?" for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
+def held_out(stack, tmp_path_factory):
+    """The tiny model's own greedy answers as references, as a file on disk."""
+    client = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0)
+    lines = []
+    for question in QUESTIONS:
+        answer = client.chat.completions.create(model=TINY_MODEL_ID, max_tokens=6, temperature=0,
+                                                messages=[{"role": "user", "content": question}])
+        lines.append({"messages": [{"role": "user", "content": question},
+                                   {"role": "assistant", "content": answer.choices[0].message.content}]})
+    path = tmp_path_factory.mktemp("held-out") / "held-out.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _upload(http, path) -> str:
+    with open(path, "rb") as handle:
+        return http.post("/v1/files", files={"file": (path.name, handle)}, data={"purpose": "fine-tune"}).json()["id"]
+
+
+def _wait(http, evaluation_id: str) -> dict:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        evaluation = http.get(f"/v1/evaluations/{evaluation_id}").json()
+        if evaluation["status"] in ("completed", "failed"):
+            return evaluation
+        time.sleep(0.2)
+    raise AssertionError(f"{evaluation_id} still {evaluation['status']}")
+
+
+def test_an_evaluation_over_rest_reports_metrics_per_model_and_the_verdict_with_its_rules(http, held_out):
+    file_id = _upload(http, held_out)
+    created = http.post("/v1/evaluations", json={"candidate": TINY_MODEL_ID, "file_id": file_id, "max_tokens": 6},
+                        headers={"Idempotency-Key": "eval-rest-1"})
+    assert created.status_code == 200, created.text
+    body = created.json()
+    assert body["object"] == "evaluation" and body["status"] in ("queued", "running") and body["verdict"] is None
+    assert http.post("/v1/evaluations", json={"candidate": TINY_MODEL_ID, "file_id": file_id},
+                     headers={"Idempotency-Key": "eval-rest-1"}).json()["id"] == body["id"]
+    done = _wait(http, body["id"])
+    assert done["status"] == "completed" and done["baseline"] == done["base_model"] == TINY_MODEL_ID
+    assert set(done["metrics"][TINY_MODEL_ID]) == {"exact_match", "bleu", "rouge1", "rouge2", "rougeL", "token_f1"}
+    assert done["metrics"][TINY_MODEL_ID]["exact_match"] == 1.0  # its own answers, greedy
+    low, high = done["intervals"][TINY_MODEL_ID]["token_f1"]
+    assert low <= done["metrics"][TINY_MODEL_ID]["token_f1"] <= high
+    verdict = done["verdict"]
+    assert verdict["passed"] is False and {r["name"]: r["passed"] for r in verdict["rules"]}["min_gain"] is False
+    assert "gain +0.000" in verdict["reason"]
+    examples = http.get(f"/v1/evaluations/{body['id']}/examples").json()["data"]
+    assert len(examples) == len(QUESTIONS) and examples[0]["answers"][TINY_MODEL_ID] == examples[0]["reference"]
+    listed = http.get("/v1/evaluations", params={"limit": 5}).json()
+    assert body["id"] in [e["id"] for e in listed["data"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"candidate": TINY_MODEL_ID}, 400, "dataset_id"),
+        ({"candidate": "gpt-9", "file_id": "file-x"}, 404, "candidate"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "file-x", "metrics": ["meteor"]}, 400, "metrics"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "file-x", "policy": {"primary_metric": "vibes"}}, 400, "policy"),
+        ({"candidate": TINY_MODEL_ID, "file_id": "file-x", "surprise": 1}, 400, "surprise"),
+    ],
+)
+def test_bad_evaluation_requests_get_openai_errors(http, body, status, param):
+    response = http.post("/v1/evaluations", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_an_unknown_evaluation_is_404(http):
+    response = http.get("/v1/evaluations/eval-0000")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "evaluation_not_found"
+
+
+def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_failed_verdict(stack, held_out):
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="240")
+
+    def tuneloop(*args):
+        return subprocess.run([sys.executable, "-m", "tuneloop", "eval", *args], capture_output=True, text=True,
+                              timeout=240, cwd=ROOT, env=env)
+
+    ran = tuneloop("run", TINY_MODEL_ID, "--file", str(held_out), "--metric", "exact_match", "--metric", "rougeL")
+    assert ran.returncode == 1, ran.stdout + ran.stderr  # the verdict failed: no gain over itself
+    assert "exact_match" in ran.stdout and "rougeL" in ran.stdout and "bleu" not in ran.stdout
+    assert "verdict: failed" in ran.stdout and "min_gain" in ran.stdout and "FAIL" in ran.stdout
+    assert QUESTIONS[0] in ran.stdout  # the examples, side by side
+    evaluation_id = ran.stdout.split("evaluation ")[1].split()[0]
+    shown = tuneloop("show", evaluation_id, "--examples", "1")
+    assert shown.returncode == 0 and "min_gain" in shown.stdout and "1 of 20 examples" in shown.stdout
+    listed = tuneloop("list")
+    assert listed.returncode == 0 and evaluation_id in listed.stdout
+    missing = tuneloop("show", "eval-nope")
+    assert missing.returncode == 2 and "No evaluation" in missing.stdout
+    both = tuneloop("run", TINY_MODEL_ID)
+    assert both.returncode == 2 and "exactly one of --file and --dataset" in both.stdout
