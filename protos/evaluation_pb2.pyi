@@ -39,7 +39,7 @@ class ComputeMetricsResponse(_message.Message):
     def __init__(self, scores: _Optional[_Mapping[str, float]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class RunEvaluationRequest(_message.Message):
-    __slots__ = ("candidate", "baseline", "deployment", "dataset_id", "file_id", "metrics", "policy_json", "idempotency_key", "max_tokens")
+    __slots__ = ("candidate", "baseline", "deployment", "dataset_id", "file_id", "metrics", "policy_json", "idempotency_key", "max_tokens", "dataset_split")
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class RunEvaluationRequest(_message.Message):
     POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
     candidate: str
     baseline: str
     deployment: str
@@ -58,7 +59,8 @@ class RunEvaluationRequest(_message.Message):
     policy_json: str
     idempotency_key: str
     max_tokens: int
-    def __init__(self, candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    dataset_split: str
+    def __init__(self, candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., dataset_split: _Optional[str] = ...) -> None: ...
 
 class RunEvaluationResponse(_message.Message):
     __slots__ = ("evaluation",)
@@ -91,7 +93,7 @@ class ListEvaluationsResponse(_message.Message):
     def __init__(self, evaluations: _Optional[_Iterable[_Union[EvaluationRun, _Mapping]]] = ...) -> None: ...
 
 class EvaluationRun(_message.Message):
-    __slots__ = ("id", "status", "candidate", "baseline", "base_model", "deployment", "dataset_id", "file_id", "created_at", "completed_at", "progress_done", "progress_total", "passed", "reason", "error_code", "error_message", "report")
+    __slots__ = ("id", "status", "candidate", "baseline", "base_model", "deployment", "dataset_id", "file_id", "created_at", "completed_at", "progress_done", "progress_total", "passed", "reason", "error_code", "error_message", "report", "dataset_split")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +111,7 @@ class EvaluationRun(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     candidate: str
@@ -126,4 +129,5 @@ class EvaluationRun(_message.Message):
     error_code: str
     error_message: str
     report: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., progress_done: _Optional[int] = ..., progress_total: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    dataset_split: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., progress_done: _Optional[int] = ..., progress_total: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset_split: _Optional[str] = ...) -> None: ...

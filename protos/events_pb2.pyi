@@ -57,16 +57,20 @@ class TrainingProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., valid_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
 
 class TrainingCompleted(_message.Message):
-    __slots__ = ("job_id", "model_version", "base_model", "deployment")
+    __slots__ = ("job_id", "model_version", "base_model", "deployment", "dataset_id", "dataset_split")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_version: str
     base_model: str
     deployment: str
-    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
+    dataset_id: str
+    dataset_split: str
+    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., dataset_split: _Optional[str] = ...) -> None: ...
 
 class TrainingFailed(_message.Message):
     __slots__ = ("job_id", "code", "message")

@@ -64,14 +64,17 @@ class Runs:
     # ---- the API ----------------------------------------------------------------------------------
 
     async def start(self, tenant: str, *, candidate: str, baseline: str = "", deployment: str = "",
-                    dataset_id: str = "", file_id: str = "", metrics: list[str] | None = None,
-                    policy_json: str = "", idempotency_key: str = "", max_tokens: int = 0) -> store.EvaluationRecord:
-        """Check what needs no other service, store the evaluation queued, and wake the worker."""
+                    dataset_id: str = "", dataset_split: str = "", file_id: str = "",
+                    metrics: list[str] | None = None, policy_json: str = "", idempotency_key: str = "",
+                    max_tokens: int = 0) -> store.EvaluationRecord:
+        """Check the request (the models with the registry), store it queued, and wake the worker."""
         if not candidate:
             raise InvalidArgument("candidate is required: the model version under test", param="candidate")
         if bool(dataset_id) == bool(file_id):
             raise InvalidArgument("give exactly one of dataset_id (its validation split is used) or file_id",
                                   param="dataset_id")
+        if dataset_split not in ("", "validation", "train"):
+            raise InvalidArgument("dataset_split must be validation or train", param="dataset_split")
         names = check_metric_names(metrics or []) or list(TEXT_METRICS)
         try:
             policy = GatePolicy.model_validate_json(policy_json) if policy_json else GatePolicy()
@@ -86,15 +89,27 @@ class Runs:
             if model:
                 await self._check_model(tenant, model, param)
         async with self._runtime.db.transaction() as session:
-            if idempotency_key and (found := await store.by_key(session, tenant, idempotency_key)):
-                return found
-            record = await store.add(
-                session, id=f"eval-{secrets.token_hex(12)}", tenant=tenant, candidate=candidate, baseline=baseline,
-                deployment=deployment, dataset_id=dataset_id, file_id=file_id, metrics=json.dumps(names),
-                policy=policy.model_dump_json(), max_tokens=max_tokens or self._settings.answer_tokens,
-                idempotency_key=idempotency_key or None)
+            record = await self.enqueue(session, tenant, candidate=candidate, baseline=baseline, deployment=deployment,
+                                        dataset_id=dataset_id, dataset_split=dataset_split or "validation",
+                                        file_id=file_id, metrics=names, policy=policy,
+                                        idempotency_key=idempotency_key, max_tokens=max_tokens)
         self._wake.set()
         return record
+
+    async def enqueue(self, session, tenant: str, *, candidate: str, baseline: str, deployment: str, dataset_id: str,
+                      dataset_split: str, file_id: str, metrics: list[str], policy: GatePolicy, idempotency_key: str,
+                      max_tokens: int) -> store.EvaluationRecord:
+        """Store a checked evaluation, queued (the one already stored under `idempotency_key`, if any)."""
+        if idempotency_key and (found := await store.by_key(session, tenant, idempotency_key)):
+            return found
+        return await store.add(
+            session, id=f"eval-{secrets.token_hex(12)}", tenant=tenant, candidate=candidate, baseline=baseline,
+            deployment=deployment, dataset_id=dataset_id, dataset_split=dataset_split, file_id=file_id,
+            metrics=json.dumps(metrics), policy=policy.model_dump_json(),
+            max_tokens=max_tokens or self._settings.answer_tokens, idempotency_key=idempotency_key or None)
+
+    def wake(self) -> None:
+        self._wake.set()
 
     async def _check_model(self, tenant: str, model: str, param: str) -> None:
         """A model the registry knows for this tenant, or NOT_FOUND naming `param`."""
@@ -135,7 +150,8 @@ class Runs:
             if not pending:
                 waiting = asyncio.ensure_future(self._wake.wait())
                 stop = asyncio.ensure_future(stopping.wait())
-                await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+                # Woken by a new request; and now and then anyway, for rows another transaction adds.
+                await asyncio.wait({waiting, stop}, timeout=self._settings.poll_s, return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
                 stop.cancel()
 
@@ -219,9 +235,9 @@ class Runs:
     async def _examples(self, record: store.EvaluationRecord) -> list[Example]:
         if record.dataset_id:
             stream = self._dataprep.GetDatasetContent(
-                dataprep_pb2.GetDatasetContentRequest(dataset_id=record.dataset_id, split="validation"),
+                dataprep_pb2.GetDatasetContentRequest(dataset_id=record.dataset_id, split=record.dataset_split),
                 metadata=tenant_metadata(record.tenant), timeout=self._settings.call_timeout_s)
-            where = f"dataset {record.dataset_id} (validation split)"
+            where = f"dataset {record.dataset_id} ({record.dataset_split} split)"
         else:
             stream = self._dataprep.GetFileContent(dataprep_pb2.GetFileContentRequest(file_id=record.file_id),
                                                    metadata=tenant_metadata(record.tenant),

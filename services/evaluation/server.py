@@ -14,7 +14,7 @@ from protos import (
     inference_pb2_grpc,
     training_pb2_grpc,
 )
-from services.evaluation import store
+from services.evaluation import events, store
 from services.evaluation.metrics import score_pairs
 from services.evaluation.runs import Runs
 from services.evaluation.settings import EvaluationSettings
@@ -41,7 +41,8 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
     async def RunEvaluation(self, request, context):
         record = await self.runs.start(
             tenant_of(context), candidate=request.candidate, baseline=request.baseline,
-            deployment=request.deployment, dataset_id=request.dataset_id, file_id=request.file_id,
+            deployment=request.deployment, dataset_id=request.dataset_id, dataset_split=request.dataset_split,
+            file_id=request.file_id,
             metrics=list(request.metrics), policy_json=request.policy_json,
             idempotency_key=request.idempotency_key, max_tokens=request.max_tokens)
         return evaluation_pb2.RunEvaluationResponse(evaluation=_message(record))
@@ -60,6 +61,7 @@ def _message(record: store.EvaluationRecord, *, report: bool = True) -> evaluati
     message = evaluation_pb2.EvaluationRun(
         id=record.id, status=record.status, candidate=record.candidate, baseline=record.baseline,
         base_model=record.base_model, deployment=record.deployment, dataset_id=record.dataset_id,
+        dataset_split=record.dataset_split,
         file_id=record.file_id, created_at=record.created_at, completed_at=record.completed_at or 0,
         progress_done=record.progress_done, progress_total=record.progress_total, passed=record.passed,
         reason=record.reason, error_code=record.error_code, error_message=record.error_message)
@@ -84,7 +86,8 @@ async def build(runtime: Runtime) -> ServiceParts:
         for channel in channels:
             await channel.close()
 
-    return ServiceParts(register=register, background=[runs.work], on_close=close, servicer=servicer)
+    return ServiceParts(register=register, background=[runs.work], on_close=close, servicer=servicer,
+                        subscriptions=events.subscriptions(runs))
 
 
 DEFINITION = ServiceDefinition(

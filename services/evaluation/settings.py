@@ -14,5 +14,7 @@ class EvaluationSettings(ServiceSettings):
     max_answer_tokens: int = Field(default=1024, ge=1)
     # Answers asked of the inference service at once (it batches them).
     concurrency: int = Field(default=8, ge=1)
+    # Seconds between looks for queued evaluations when nothing wakes the worker.
+    poll_s: float = Field(default=2.0, gt=0)
     # Seconds one call to another service may take.
     call_timeout_s: float = Field(default=120.0, gt=0)

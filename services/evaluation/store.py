@@ -28,6 +28,7 @@ evaluations = sa.Table(
     sa.Column("base_model", sa.String(255), nullable=False, server_default=""),
     sa.Column("deployment", sa.String(63), nullable=False, server_default=""),
     sa.Column("dataset_id", sa.String(64), nullable=False, server_default=""),
+    sa.Column("dataset_split", sa.String(16), nullable=False, server_default="validation"),
     sa.Column("file_id", sa.String(64), nullable=False, server_default=""),
     sa.Column("metrics", sa.Text, nullable=False),  # JSON list
     sa.Column("policy", sa.Text, nullable=False),  # JSON GatePolicy
@@ -58,6 +59,7 @@ class EvaluationRecord:
     base_model: str
     deployment: str
     dataset_id: str
+    dataset_split: str
     file_id: str
     metrics: str
     policy: str

@@ -447,7 +447,10 @@ class JobSupervisor:
                                        provider_model=message.get("provider_model", ""))
                 await store.add_event(session, job.id, f"The job has successfully completed: {model_id}.")
                 await self._publish(session, job, TRAINING_COMPLETED, events_pb2.TrainingCompleted(
-                    job_id=job.id, model_version=model_id, base_model=job.model))
+                    job_id=job.id, model_version=model_id, base_model=job.model,
+                    deployment=json.loads(job.metadata or "{}").get("deployment", ""),
+                    dataset_id=job.validation_dataset,
+                    dataset_split="train" if job.validation_dataset != job.training_dataset else "validation"))
                 return True
             if kind == "failed":
                 current = await store.job_by_id(session, job.id)

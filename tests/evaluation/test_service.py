@@ -18,6 +18,7 @@ from protos import (
     dataprep_pb2_grpc,
     evaluation_pb2,
     evaluation_pb2_grpc,
+    events_pb2,
     inference_pb2,
     inference_pb2_grpc,
 )
@@ -30,6 +31,7 @@ from tests.fixtures.tiny_model import TINY_MODEL_ID
 
 OTHER = "tiny-other"
 QUESTIONS = [f"Tell me about ticket {i}." for i in range(24)]
+WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kettle", "lantern", "meadow", "nectar", "orchid", "pepper", "quartz", "raven", "saffron", "thistle", "umber", "velvet", "willow", "yarrow", "zephyr", "anchor", "bramble", "cobalt", "drift", "falcon", "glacier", "hazel", "ivory", "jasmine", "kelp", "lilac", "marble", "nutmeg", "onyx", "pebble"]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ async def _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_mode
                 addresses["inference_addr"] = f"127.0.0.1:{inference.grpc.port}"
                 async with running(EVALUATION, settings(EVALUATION, **addresses, **evaluation_settings)) as (
                         evaluation, evaluation_channel):
+                    _platform.evaluation = evaluation  # type: ignore[attr-defined]
                     yield dataprep_channel, inference_channel, evaluation_channel
 
 
@@ -212,3 +215,62 @@ async def test_examples_that_are_not_chats_fail_the_evaluation_naming_the_line(
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and error_param(unknown.value) == "candidate"
     assert "gpt-9" in unknown.value.details()
     assert error_param(unknown_baseline.value) == "baseline"
+
+
+async def test_a_finished_training_job_for_a_deployment_is_evaluated_once_on_its_held_out_split(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    """`training.completed` with a deployment (from the job's metadata) queues one evaluation of
+    the new version against the deployment's production version, on the job's validation split."""
+    import random
+
+    from services.shared.bus import new_envelope
+    from services.shared.subjects import TRAINING_COMPLETED
+
+    rng = random.Random(0)
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir, answer_tokens=6) as (
+            dataprep, inference, evaluation):
+        stub = inference_pb2_grpc.InferenceStub(inference)
+        questions = [" ".join(rng.sample(WORDS, 6)) + "?" for _ in range(60)]  # data-prep drops near-duplicates
+        answers = await asyncio.gather(*(stub.Generate(inference_pb2.GenerateRequest(
+            model=TINY_MODEL_ID, max_tokens=6, messages=[common_pb2.ChatMessage(role="user", content=question)]),
+            metadata=call_metadata()) for question in questions))
+        lines = [{"messages": [{"role": "user", "content": question},
+                               {"role": "assistant", "content": answer.text.strip() or "."}]}
+                 for question, answer in zip(questions, answers, strict=True)]
+        file_id = await _upload(dataprep, lines)
+        prepared = await dataprep_pb2_grpc.DataPrepStub(dataprep).PrepareDataset(dataprep_pb2.PrepareDatasetRequest(
+            file_id=file_id, options=dataprep_pb2.PrepareOptions(base_model=TINY_MODEL_ID, validation_fraction=0.5,
+                                                                anonymize_pii=False)), metadata=call_metadata())
+        for _ in range(300):
+            dataset = (await dataprep_pb2_grpc.DataPrepStub(dataprep).GetDataset(dataprep_pb2.GetDatasetRequest(
+                dataset_id=prepared.dataset.id), metadata=call_metadata())).dataset
+            if dataset.status != "processing":
+                break
+            await asyncio.sleep(0.1)
+        assert dataset.status == "ready" and dataset.validation_examples >= 20, dataset.error
+        await stub.CreateDeployment(inference_pb2.CreateDeploymentRequest(name="acme-support", model_version=OTHER),
+                                    metadata=call_metadata())
+        bus = _platform.evaluation.runtime.bus
+        for _ in range(2):  # delivered twice (a retry): evaluated once
+            await bus.publish(new_envelope(TRAINING_COMPLETED, events_pb2.TrainingCompleted(
+                job_id="ftjob-1", model_version=TINY_MODEL_ID, base_model=TINY_MODEL_ID, deployment="acme-support",
+                dataset_id=dataset.id, dataset_split="validation"), source="training", tenant="acme"))
+        await bus.publish(new_envelope(TRAINING_COMPLETED, events_pb2.TrainingCompleted(
+            job_id="ftjob-2", model_version=TINY_MODEL_ID, base_model=TINY_MODEL_ID, dataset_id=dataset.id),
+            source="training", tenant="acme"))  # no deployment: not evaluated
+        evaluations = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        for _ in range(300):
+            listed = (await evaluations.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(),
+                                                        metadata=call_metadata())).evaluations
+            if listed and listed[0].status in ("completed", "failed"):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        listed = (await evaluations.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(),
+                                                    metadata=call_metadata())).evaluations
+        done = await _finished(evaluations, listed[0].id)
+    assert len(listed) == 1
+    assert done.status == "completed", done.error_message
+    assert (done.candidate, done.baseline, done.deployment) == (TINY_MODEL_ID, OTHER, "acme-support")
+    assert (done.dataset_id, done.dataset_split) == (dataset.id, "validation")
+    assert len(done.report["examples"]) == dataset.validation_examples and done.passed, done.reason

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("base_model", sa.String(255), nullable=False, server_default=""),
         sa.Column("deployment", sa.String(63), nullable=False, server_default=""),
         sa.Column("dataset_id", sa.String(64), nullable=False, server_default=""),
+        sa.Column("dataset_split", sa.String(16), nullable=False, server_default="validation"),
         sa.Column("file_id", sa.String(64), nullable=False, server_default=""),
         sa.Column("metrics", sa.Text, nullable=False),
         sa.Column("policy", sa.Text, nullable=False),
