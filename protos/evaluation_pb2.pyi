@@ -93,7 +93,7 @@ class ListEvaluationsResponse(_message.Message):
     def __init__(self, evaluations: _Optional[_Iterable[_Union[EvaluationRun, _Mapping]]] = ...) -> None: ...
 
 class EvaluationRun(_message.Message):
-    __slots__ = ("id", "status", "candidate", "baseline", "base_model", "deployment", "dataset_id", "file_id", "created_at", "completed_at", "progress_done", "progress_total", "passed", "reason", "error_code", "error_message", "report", "dataset_split")
+    __slots__ = ("id", "status", "candidate", "baseline", "base_model", "deployment", "dataset_id", "file_id", "created_at", "completed_at", "progress_done", "progress_total", "passed", "reason", "error_code", "error_message", "report", "dataset_split", "human")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class EvaluationRun(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     candidate: str
@@ -130,4 +131,49 @@ class EvaluationRun(_message.Message):
     error_message: str
     report: _struct_pb2.Struct
     dataset_split: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., progress_done: _Optional[int] = ..., progress_total: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset_split: _Optional[str] = ...) -> None: ...
+    human: _struct_pb2.Struct
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., progress_done: _Optional[int] = ..., progress_total: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset_split: _Optional[str] = ..., human: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ExportHumanReviewRequest(_message.Message):
+    __slots__ = ("evaluation_id", "size", "format", "seed")
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    evaluation_id: str
+    size: int
+    format: str
+    seed: int
+    def __init__(self, evaluation_id: _Optional[str] = ..., size: _Optional[int] = ..., format: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ExportHumanReviewResponse(_message.Message):
+    __slots__ = ("review_id", "format", "items", "content")
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    review_id: str
+    format: str
+    items: int
+    content: bytes
+    def __init__(self, review_id: _Optional[str] = ..., format: _Optional[str] = ..., items: _Optional[int] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ImportHumanReviewRequest(_message.Message):
+    __slots__ = ("evaluation_id", "review_id", "format", "content")
+    EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
+    REVIEW_ID_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    evaluation_id: str
+    review_id: str
+    format: str
+    content: bytes
+    def __init__(self, evaluation_id: _Optional[str] = ..., review_id: _Optional[str] = ..., format: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class ImportHumanReviewResponse(_message.Message):
+    __slots__ = ("rated", "summary")
+    RATED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    rated: int
+    summary: _struct_pb2.Struct
+    def __init__(self, rated: _Optional[int] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

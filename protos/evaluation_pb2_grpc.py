@@ -55,6 +55,16 @@ class EvaluationStub:
                 request_serializer=protos_dot_evaluation__pb2.ListEvaluationsRequest.SerializeToString,
                 response_deserializer=protos_dot_evaluation__pb2.ListEvaluationsResponse.FromString,
                 _registered_method=True)
+        self.ExportHumanReview = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/ExportHumanReview',
+                request_serializer=protos_dot_evaluation__pb2.ExportHumanReviewRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.ExportHumanReviewResponse.FromString,
+                _registered_method=True)
+        self.ImportHumanReview = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/ImportHumanReview',
+                request_serializer=protos_dot_evaluation__pb2.ImportHumanReviewRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.ImportHumanReviewResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServicer:
@@ -89,6 +99,21 @@ class EvaluationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportHumanReview(self, request, context):
+        """A blind sample for domain experts: production's and the candidate's answers, shuffled and
+        unlabelled, with columns to rate; the key stays here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportHumanReview(self, request, context):
+        """The experts' ratings of an exported review, summarised per model beside the automatic metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +136,16 @@ def add_EvaluationServicer_to_server(servicer, server):
                     servicer.ListEvaluations,
                     request_deserializer=protos_dot_evaluation__pb2.ListEvaluationsRequest.FromString,
                     response_serializer=protos_dot_evaluation__pb2.ListEvaluationsResponse.SerializeToString,
+            ),
+            'ExportHumanReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportHumanReview,
+                    request_deserializer=protos_dot_evaluation__pb2.ExportHumanReviewRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.ExportHumanReviewResponse.SerializeToString,
+            ),
+            'ImportHumanReview': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportHumanReview,
+                    request_deserializer=protos_dot_evaluation__pb2.ImportHumanReviewRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.ImportHumanReviewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +257,60 @@ class Evaluation:
             '/tuneloop.v1.Evaluation/ListEvaluations',
             protos_dot_evaluation__pb2.ListEvaluationsRequest.SerializeToString,
             protos_dot_evaluation__pb2.ListEvaluationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportHumanReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/ExportHumanReview',
+            protos_dot_evaluation__pb2.ExportHumanReviewRequest.SerializeToString,
+            protos_dot_evaluation__pb2.ExportHumanReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportHumanReview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/ImportHumanReview',
+            protos_dot_evaluation__pb2.ImportHumanReviewRequest.SerializeToString,
+            protos_dot_evaluation__pb2.ImportHumanReviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

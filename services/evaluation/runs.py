@@ -30,13 +30,13 @@ from protos import (
     training_pb2,
     training_pb2_grpc,
 )
-from services.evaluation import store
+from services.evaluation import human, store
 from services.evaluation.gate import GatePolicy
 from services.evaluation.metrics import TEXT_METRICS, check_metric_names
 from services.evaluation.settings import EvaluationSettings
 from services.evaluation.side_by_side import Example, run_side_by_side
 from services.shared.bus import new_envelope
-from services.shared.errors import InvalidArgument, NotFound, TuneloopError
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, TuneloopError
 from services.shared.outbox import add_to_outbox
 from services.shared.process import Runtime
 from services.shared.rpc import error_from_rpc, tenant_metadata
@@ -134,6 +134,47 @@ class Runs:
             raise InvalidArgument("limit must be between 1 and 100", param="limit")
         async with self._runtime.db.transaction() as session:
             return await store.list_for(session, tenant, limit or 20)
+
+    async def export_review(self, tenant: str, evaluation_id: str, *, size: int, fmt: str,
+                            seed: int) -> tuple[str, int, bytes]:
+        """(review id, items, file) of a blind sample of a completed evaluation."""
+        if fmt not in ("", "csv", "jsonl"):
+            raise InvalidArgument("format must be csv or jsonl", param="format")
+        if not 0 <= size <= 500:
+            raise InvalidArgument("size must be between 1 and 500", param="size")
+        record = await self.get(tenant, evaluation_id)
+        if record.status != store.COMPLETED or not record.report:
+            raise FailedPrecondition(f"evaluation {evaluation_id} is {record.status}; only a completed one has "
+                                     "answers to review", param="evaluation_id", code="evaluation_not_completed")
+        key, content = human.export(json.loads(record.report), size=size or 50, seed=seed, fmt=fmt or "csv")
+        review_id = f"review-{secrets.token_hex(8)}"
+        async with self._runtime.db.transaction() as session:
+            await store.add_review(session, id=review_id, tenant=tenant, evaluation_id=evaluation_id,
+                                   key=json.dumps(key))
+        return review_id, len(key), content
+
+    async def import_review(self, tenant: str, evaluation_id: str, review_id: str, *, fmt: str,
+                            content: bytes) -> tuple[int, dict]:
+        """(rated rows, summary) of the experts' ratings; a file with a fault stores nothing."""
+        if fmt not in ("csv", "jsonl"):
+            raise InvalidArgument("format must be csv or jsonl", param="format")
+        record = await self.get(tenant, evaluation_id)
+        async with self._runtime.db.transaction() as session:
+            review = await store.review(session, tenant, evaluation_id, review_id)
+        if review is None or not record.report:
+            raise NotFound(f"No review {review_id!r} of evaluation {evaluation_id}", param="review_id",
+                           code="review_not_found")
+        key = json.loads(review["key"])
+        ratings = human.parse_ratings(content, fmt, key)
+        summary = human.summarise(ratings, key, json.loads(record.report))
+        async with self._runtime.db.transaction() as session:
+            await store.save_review_summary(session, review_id, json.dumps(summary))
+        return len(ratings), summary
+
+    async def human_summary(self, tenant: str, evaluation_id: str) -> dict | None:
+        async with self._runtime.db.transaction() as session:
+            found = await store.latest_summary(session, tenant, evaluation_id)
+        return json.loads(found) if found else None
 
     # ---- the worker -------------------------------------------------------------------------------
 

@@ -48,8 +48,25 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
         return evaluation_pb2.RunEvaluationResponse(evaluation=_message(record))
 
     async def GetEvaluation(self, request, context):
-        record = await self.runs.get(tenant_of(context), request.evaluation_id)
-        return evaluation_pb2.GetEvaluationResponse(evaluation=_message(record))
+        tenant = tenant_of(context)
+        record = await self.runs.get(tenant, request.evaluation_id)
+        message = _message(record)
+        if (summary := await self.runs.human_summary(tenant, record.id)) is not None:
+            message.human.update(summary)
+        return evaluation_pb2.GetEvaluationResponse(evaluation=message)
+
+    async def ExportHumanReview(self, request, context):
+        review_id, items, content = await self.runs.export_review(
+            tenant_of(context), request.evaluation_id, size=request.size, fmt=request.format, seed=request.seed)
+        return evaluation_pb2.ExportHumanReviewResponse(review_id=review_id, format=request.format or "csv",
+                                                        items=items, content=content)
+
+    async def ImportHumanReview(self, request, context):
+        rated, summary = await self.runs.import_review(tenant_of(context), request.evaluation_id, request.review_id,
+                                                       fmt=request.format, content=request.content)
+        response = evaluation_pb2.ImportHumanReviewResponse(rated=rated)
+        response.summary.update(summary)
+        return response
 
     async def ListEvaluations(self, request, context):
         records = await self.runs.list(tenant_of(context), request.limit)

@@ -49,6 +49,22 @@ evaluations = sa.Table(
 )
 
 
+reviews = sa.Table(
+    "evaluation_reviews",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("evaluation_id", sa.String(40), nullable=False),
+    # JSON: item id -> {"example": index, "A": model, "B": model}; never exported.
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    # JSON, once ratings are imported.
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("imported_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_evaluation_reviews_evaluation", "tenant", "evaluation_id", "created_at"),
+)
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     id: str
@@ -118,3 +134,27 @@ async def unfinished(session: AsyncSession) -> list[EvaluationRecord]:
 
 async def update(session: AsyncSession, evaluation_id: str, **values: Any) -> None:
     await session.execute(evaluations.update().where(evaluations.c.id == evaluation_id).values(**values))
+
+
+async def add_review(session: AsyncSession, *, id: str, tenant: str, evaluation_id: str, key: str) -> None:
+    await session.execute(reviews.insert().values(id=id, tenant=tenant, evaluation_id=evaluation_id, key=key,
+                                                  created_at=now()))
+
+
+async def review(session: AsyncSession, tenant: str, evaluation_id: str, review_id: str) -> dict | None:
+    row = (await session.execute(reviews.select().where(
+        reviews.c.tenant == tenant, reviews.c.evaluation_id == evaluation_id, reviews.c.id == review_id))).first()
+    return dict(row._mapping) if row else None
+
+
+async def save_review_summary(session: AsyncSession, review_id: str, summary: str) -> None:
+    await session.execute(reviews.update().where(reviews.c.id == review_id).values(summary=summary,
+                                                                                   imported_at=now()))
+
+
+async def latest_summary(session: AsyncSession, tenant: str, evaluation_id: str) -> str | None:
+    row = (await session.execute(
+        sa.select(reviews.c.summary).where(reviews.c.tenant == tenant, reviews.c.evaluation_id == evaluation_id,
+                                           reviews.c.summary.is_not(None))
+        .order_by(reviews.c.imported_at.desc(), reviews.c.id.desc()).limit(1))).first()
+    return row[0] if row else None

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from protos import (
     common_pb2,
@@ -274,3 +276,70 @@ async def test_a_finished_training_job_for_a_deployment_is_evaluated_once_on_its
     assert (done.candidate, done.baseline, done.deployment) == (TINY_MODEL_ID, OTHER, "acme-support")
     assert (done.dataset_id, done.dataset_split) == (dataset.id, "validation")
     assert len(done.report["examples"]) == dataset.validation_examples and done.passed, done.reason
+
+
+async def test_the_human_review_export_is_blind_and_its_ratings_come_back_per_model(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    import csv
+    import io
+
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+            dataprep, inference, evaluation):
+        file_id = await _upload(dataprep, await _held_out(inference))
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=TINY_MODEL_ID, baseline=OTHER, file_id=file_id, max_tokens=6), metadata=call_metadata())
+        done = await _finished(stub, started.evaluation.id)
+        exported = await stub.ExportHumanReview(evaluation_pb2.ExportHumanReviewRequest(
+            evaluation_id=done.id, size=12, seed=1), metadata=call_metadata())
+        text = exported.content.decode()
+        rows = list(csv.DictReader(io.StringIO(text)))
+        # The experts' verdict: the answer that is the reference is right, the other wrong.
+        for row in rows:
+            for letter in "AB":
+                right = row[f"answer_{letter}"] == row["reference"]
+                row[f"correct_{letter}"], row[f"helpful_{letter}"] = ("yes", "5") if right else ("no", "1")
+                row[f"would_trust_{letter}"] = "yes" if right else "no"
+            row["preferred"] = "A" if row["answer_A"] == row["reference"] else "B"
+        rows[-1] = {**rows[-1], **{c: "" for c in rows[-1] if c.split("_")[0] in ("correct", "helpful", "would",
+                                                                                   "preferred")}}  # left unrated
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        bad = buffer.getvalue().replace(",5,", ",6,", 1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
+                evaluation_id=done.id, review_id=exported.review_id, format="csv", content=bad.encode()),
+                metadata=call_metadata())
+        before = (await stub.GetEvaluation(evaluation_pb2.GetEvaluationRequest(evaluation_id=done.id),
+                                           metadata=call_metadata())).evaluation
+        imported = await stub.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
+            evaluation_id=done.id, review_id=exported.review_id, format="csv", content=buffer.getvalue().encode()),
+            metadata=call_metadata())
+        after = (await stub.GetEvaluation(evaluation_pb2.GetEvaluationRequest(evaluation_id=done.id),
+                                          metadata=call_metadata())).evaluation
+        as_jsonl = await stub.ExportHumanReview(evaluation_pb2.ExportHumanReviewRequest(
+            evaluation_id=done.id, size=3, format="jsonl"), metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as stranger:
+            await stub.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
+                evaluation_id=done.id, review_id=as_jsonl.review_id, format="jsonl",
+                content=b'{"item": "item-0000", "ratings": {}}\n'), metadata=call_metadata())
+    assert exported.items == 12 and len(rows) == 12
+    assert TINY_MODEL_ID not in text and OTHER not in text  # blind
+    candidate_first = [row["answer_A"] == row["reference"] for row in rows]
+    assert any(candidate_first) and not all(candidate_first)  # shuffled per item
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(r"line \d+, helpful_[AB]: .6. is not a number from 1 to 5", refused.value.details())
+    assert not before.human.fields  # the refused file stored nothing
+    summary = json_format.MessageToDict(imported.summary)
+    assert imported.rated == 11 and summary["rated"] == 11
+    mine, theirs = summary["models"][TINY_MODEL_ID], summary["models"][OTHER]
+    assert (mine["correct"], mine["helpful"], mine["would_trust"], mine["preferred"]) == (1.0, 5.0, 1.0, 1.0)
+    assert (theirs["correct"], theirs["preferred"]) == (0.0, 0.0)
+    assert mine["exact_match"] == 1.0 and mine["metric_agrees_with_correct"] == 1.0
+    assert after.human["models"][TINY_MODEL_ID]["correct"] == 1.0
+    first = json.loads(as_jsonl.content.decode().splitlines()[0])
+    assert set(first["answers"]) == {"A", "B"} and first["ratings"]["A"] == {"correct": None, "helpful": None,
+                                                                              "would_trust": None}
+    assert stranger.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not in this review" in stranger.value.details()

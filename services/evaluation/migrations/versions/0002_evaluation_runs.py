@@ -1,4 +1,4 @@
-"""evaluation: side-by-side runs with their verdicts
+"""evaluation: side-by-side runs with their verdicts, and human reviews of them
 
 Revision ID: evaluation_0002
 Revises: evaluation_0001
@@ -43,7 +43,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_evaluation_runs_tenant", "evaluation_runs", ["tenant", "created_at"])
     op.create_index("ix_evaluation_runs_status", "evaluation_runs", ["status"])
+    op.create_table(
+        "evaluation_reviews",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("tenant", sa.String(64), nullable=False),
+        sa.Column("evaluation_id", sa.String(40), nullable=False),
+        sa.Column("key", sa.Text, nullable=False),
+        sa.Column("created_at", sa.BigInteger, nullable=False),
+        sa.Column("summary", sa.Text, nullable=True),
+        sa.Column("imported_at", sa.BigInteger, nullable=True),
+    )
+    op.create_index("ix_evaluation_reviews_evaluation", "evaluation_reviews", ["tenant", "evaluation_id", "created_at"])
 
 
 def downgrade() -> None:
+    op.drop_table("evaluation_reviews")
     op.drop_table("evaluation_runs")
