@@ -112,6 +112,69 @@ def list_evaluations(url: UrlOption = None, api_key: KeyOption = None) -> None:
     console.print(table)
 
 
+@app.command("export")
+def export(
+    evaluation_id: str,
+    out: Annotated[Path, typer.Option(dir_okay=False, help="Where to write the file for the experts")],
+    size: Annotated[int, typer.Option(help="Examples to sample (1-500)")] = 50,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    seed: int = 0,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Write a blind human review of EVALUATION_ID: answers shuffled and unlabelled, columns to rate."""
+    api = _api(url, api_key)
+    try:
+        review = api.post(f"/v1/evaluations/{evaluation_id}/human_reviews",
+                          json={"size": size, "format": fmt, "seed": seed})
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        api.close()
+    out.write_text(review["content"], encoding="utf-8")
+    console.print(f"review [bold]{review['id']}[/bold]: {review['items']} items written to {out}; fill in correct, "
+                  f"helpful (1-5), would_trust and preferred, then: tuneloop eval import {evaluation_id} "
+                  f"{review['id']} {out}")
+
+
+@app.command("import")
+def import_ratings(
+    evaluation_id: str,
+    review_id: str,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The rated file")],
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Send the experts' ratings of REVIEW_ID and print them per model beside the automatic metric."""
+    api = _api(url, api_key)
+    try:
+        with open(file, "rb") as handle:
+            result = api.post(f"/v1/evaluations/{evaluation_id}/human_reviews/{review_id}/ratings",
+                              files={"file": (file.name, handle)})
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        api.close()
+    _show_human(result["summary"])
+
+
+def _show_human(summary: dict) -> None:
+    metric = summary["primary_metric"]
+    table = Table("model", "answers rated", "correct", "helpful (1-5)", "would trust", "preferred", metric,
+                  f"{metric} agrees with experts", title=f"human review: {int(summary['rated'])} items rated")
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    for model, scores in summary["models"].items():
+        table.add_row(model, str(int(scores["answers_rated"])), cell(scores["correct"]), cell(scores["helpful"]),
+                      cell(scores["would_trust"]), cell(scores["preferred"]), cell(scores[metric]),
+                      cell(scores["metric_agrees_with_correct"]))
+    console.print(table)
+
+
 def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
     console.print(f"[bold]{evaluation['id']}[/bold]: {evaluation['candidate']} vs {evaluation['baseline'] or '-'} "
                   f"(base {evaluation['base_model'] or '-'}) - {evaluation['status']}")
@@ -137,6 +200,8 @@ def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
     for rule in verdict["rules"]:
         rules.add_row(rule["name"], "[green]pass[/green]" if rule["passed"] else "[red]FAIL[/red]", rule["detail"])
     console.print(rules)
+    if evaluation.get("human"):
+        _show_human(evaluation["human"])
     if rows and examples:
         side = Table("prompt", "reference", *models, title=f"{min(examples, len(rows))} of {len(rows)} examples")
         for row in rows[:examples]:

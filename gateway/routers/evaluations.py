@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, UploadFile
 from google.protobuf import json_format
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +14,9 @@ from gateway.clients import call
 from gateway.deps import ClientsDep, TenantDep
 from gateway.errors import ERROR_RESPONSES
 from protos import evaluation_pb2
+from services.shared.errors import InvalidArgument
 
+MAX_RATINGS_BYTES = 20_000_000  # 500 items of long answers fit many times over
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=ERROR_RESPONSES)
 
 
@@ -65,7 +67,34 @@ class EvaluationPublic(BaseModel):
     general: dict[str, float] | None = None
     slices: dict[str, dict[str, float]] | None = None
     verdict: dict[str, Any] | None = None
+    # The latest imported human review: per model what the experts said, beside the metric.
+    human: dict[str, Any] | None = None
     error: ErrorPublic | None = None
+
+
+class ReviewExport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(default=50, ge=1, le=500)
+    format: Literal["csv", "jsonl"] = "csv"
+    seed: int = 0
+
+
+class ReviewPublic(BaseModel):
+    id: str
+    object: Literal["human_review"] = "human_review"
+    evaluation_id: str
+    format: str
+    items: int
+    # The file for the experts: prompts, references, answers A and B, and columns to rate.
+    content: str
+
+
+class RatingsPublic(BaseModel):
+    object: Literal["human_review.ratings"] = "human_review.ratings"
+    review_id: str
+    rated: int
+    summary: dict[str, Any]
 
 
 class EvaluationsPublic(BaseModel):
@@ -103,6 +132,7 @@ def _public(run: evaluation_pb2.EvaluationRun) -> EvaluationPublic:
         intervals={model: {name: (s["low"], s["high"]) for name, s in scored.items()} for model, scored in metrics.items()}
         if metrics else None,
         general=report.get("general"), slices=report.get("slices"), verdict=report.get("verdict"),
+        human=json_format.MessageToDict(run.human) if run.human.fields else None,
         error=ErrorPublic(code=run.error_code, message=run.error_message) if run.status == "failed" else None,
     )
 
@@ -139,3 +169,25 @@ async def list_examples(evaluation_id: str, clients: ClientsDep, tenant: TenantD
     response = await call("evaluation", clients.evaluation.GetEvaluation(
         evaluation_pb2.GetEvaluationRequest(evaluation_id=evaluation_id), **clients.options(tenant)))
     return ExamplesPublic(data=[ExamplePublic(**example) for example in _report(response.evaluation).get("examples", [])])
+
+
+@router.post("/{evaluation_id}/human_reviews", response_model=ReviewPublic)
+async def export_review(evaluation_id: str, body: ReviewExport, clients: ClientsDep, tenant: TenantDep) -> ReviewPublic:
+    """A blind sample for domain experts: two answers per prompt, shuffled and unlabelled."""
+    response = await call("evaluation", clients.evaluation.ExportHumanReview(evaluation_pb2.ExportHumanReviewRequest(
+        evaluation_id=evaluation_id, size=body.size, format=body.format, seed=body.seed), **clients.options(tenant)))
+    return ReviewPublic(id=response.review_id, evaluation_id=evaluation_id, format=response.format,
+                        items=response.items, content=response.content.decode())
+
+
+@router.post("/{evaluation_id}/human_reviews/{review_id}/ratings", response_model=RatingsPublic)
+async def import_ratings(evaluation_id: str, review_id: str, file: UploadFile, clients: ClientsDep,
+                         tenant: TenantDep) -> RatingsPublic:
+    """The experts' ratings: the exported file with its rating columns filled in (.csv or .jsonl)."""
+    fmt = "jsonl" if (file.filename or "").endswith(".jsonl") else "csv"
+    content = await file.read(MAX_RATINGS_BYTES + 1)
+    if len(content) > MAX_RATINGS_BYTES:
+        raise InvalidArgument(f"the ratings file is over {MAX_RATINGS_BYTES // 1_000_000} MB", param="file")
+    response = await call("evaluation", clients.evaluation.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
+        evaluation_id=evaluation_id, review_id=review_id, format=fmt, content=content), **clients.options(tenant)))
+    return RatingsPublic(review_id=review_id, rated=response.rated, summary=json_format.MessageToDict(response.summary))

@@ -6,6 +6,8 @@ fail (no gain) and say so. A candidate that passes is in tests/evaluation/test_s
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -103,7 +105,8 @@ def test_an_unknown_evaluation_is_404(http):
     assert response.status_code == 404 and response.json()["error"]["code"] == "evaluation_not_found"
 
 
-def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_failed_verdict(stack, held_out):
+def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_failed_verdict(stack, held_out, http,
+                                                                                         tmp_path):
     env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="240")
 
     def tuneloop(*args):
@@ -124,3 +127,24 @@ def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_faile
     assert missing.returncode == 2 and "No evaluation" in missing.stdout
     both = tuneloop("run", TINY_MODEL_ID)
     assert both.returncode == 2 and "exactly one of --file and --dataset" in both.stdout
+
+    review_file = tmp_path / "review.csv"
+    exported = tuneloop("export", evaluation_id, "--out", str(review_file), "--size", "5")
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    review_id = exported.stdout.split("review ")[1].split(":")[0]
+    rows = list(csv.DictReader(io.StringIO(review_file.read_text())))
+    assert len(rows) == 5 and TINY_MODEL_ID not in review_file.read_text()
+    for row in rows:
+        row.update({"correct_A": "yes", "correct_B": "yes", "helpful_A": "4", "helpful_B": "4",
+                    "would_trust_A": "yes", "would_trust_B": "no", "preferred": "tie"})
+    with open(review_file, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    imported = tuneloop("import", evaluation_id, review_id, str(review_file))
+    assert imported.returncode == 0 and "human review: 5 items rated" in imported.stdout, imported.stdout
+    human = http.get(f"/v1/evaluations/{evaluation_id}").json()["human"]
+    assert human["rated"] == 5 and human["models"][TINY_MODEL_ID]["helpful"] == 4.0  # the same model as A and B
+    review_file.write_text("item,correct_A\nitem-x,yes\n")
+    broken = tuneloop("import", evaluation_id, review_id, str(review_file))
+    assert broken.returncode == 2 and "the header lacks" in broken.stdout
