@@ -148,3 +148,18 @@ def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_faile
     review_file.write_text("item,correct_A\nitem-x,yes\n")
     broken = tuneloop("import", evaluation_id, review_id, str(review_file))
     assert broken.returncode == 2 and "the header lacks" in broken.stdout
+
+
+def test_the_readme_eval_command_works(stack):
+    """Run as written (the tiny model stands in for SmolLM2): against itself it cannot pass."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    env = dict(os.environ, TUNELOOP_API_KEY=API_KEY, TUNELOOP_URL=stack.url, COLUMNS="240")
+    commands = re.findall(r"^(\.venv/bin/tuneloop eval .+)$", readme, flags=re.MULTILINE)
+    assert commands
+    for command in commands:
+        args = [TINY_MODEL_ID if arg == "smollm2-135m-instruct" else arg for arg in command.split()[1:]]
+        result = subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True,
+                                timeout=300, cwd=ROOT, env=env)
+        assert result.returncode == 1 and "verdict: failed" in result.stdout, result.stdout + result.stderr
