@@ -216,3 +216,31 @@ class GenerateChunk(_message.Message):
     tokens: _containers.RepeatedCompositeFieldContainer[GeneratedToken]
     stop_sequence: str
     def __init__(self, completion_id: _Optional[str] = ..., model: _Optional[str] = ..., created: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., tokens: _Optional[_Iterable[_Union[GeneratedToken, _Mapping]]] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ("models", "since")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    since: int
+    def __init__(self, models: _Optional[_Iterable[str]] = ..., since: _Optional[int] = ...) -> None: ...
+
+class ModelUsage(_message.Message):
+    __slots__ = ("model", "completions", "prompt_tokens", "completion_tokens", "cost_usd")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    completions: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    def __init__(self, model: _Optional[str] = ..., completions: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ...) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: _containers.RepeatedCompositeFieldContainer[ModelUsage]
+    def __init__(self, usage: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ...) -> None: ...

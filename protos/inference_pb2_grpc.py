@@ -80,6 +80,11 @@ class InferenceStub:
                 request_serializer=protos_dot_inference__pb2.DeleteDeploymentRequest.SerializeToString,
                 response_deserializer=protos_dot_inference__pb2.DeleteDeploymentResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/tuneloop.v1.Inference/GetUsage',
+                request_serializer=protos_dot_inference__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -150,6 +155,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """What serving cost per model, from the completion log: completions, tokens and estimated cost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +209,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.DeleteDeployment,
                     request_deserializer=protos_dot_inference__pb2.DeleteDeploymentRequest.FromString,
                     response_serializer=protos_dot_inference__pb2.DeleteDeploymentResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=protos_dot_inference__pb2.GetUsageRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +460,33 @@ class Inference:
             '/tuneloop.v1.Inference/DeleteDeployment',
             protos_dot_inference__pb2.DeleteDeploymentRequest.SerializeToString,
             protos_dot_inference__pb2.DeleteDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/GetUsage',
+            protos_dot_inference__pb2.GetUsageRequest.SerializeToString,
+            protos_dot_inference__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -200,6 +200,15 @@ def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
     for rule in verdict["rules"]:
         rules.add_row(rule["name"], "[green]pass[/green]" if rule["passed"] else "[red]FAIL[/red]", rule["detail"])
     console.print(rules)
+    cost = evaluation.get("cost")
+    if cost:
+        training = cost.get("training") or {}
+        spent = (f"training cost ${training['cost_usd']:.2f} ({int(training['trained_tokens'])} tokens)"
+                 if "cost_usd" in training else "training cost unknown")
+        serving = ", ".join(f"{model} ${usage['cost_per_1k_tokens']:.4f}/1K tokens"
+                            for model, usage in (cost.get("serving") or {}).items()
+                            if isinstance(usage, dict) and usage.get("cost_per_1k_tokens") is not None)
+        console.print(f"worth: {cost['primary_metric']} {cost['gain']:+.3f} for {spent}; serving {serving or 'unknown'}")
     if evaluation.get("human"):
         _show_human(evaluation["human"])
     if rows and examples:

@@ -67,6 +67,9 @@ class EvaluationPublic(BaseModel):
     general: dict[str, float] | None = None
     slices: dict[str, dict[str, float]] | None = None
     verdict: dict[str, Any] | None = None
+    # Is it worth it: the primary metric's gain, what training cost (the job's trained tokens) and
+    # what serving costs per 1K tokens (from the completion log).
+    cost: dict[str, Any] | None = None
     # The latest imported human review: per model what the experts said, beside the metric.
     human: dict[str, Any] | None = None
     error: ErrorPublic | None = None
@@ -132,6 +135,7 @@ def _public(run: evaluation_pb2.EvaluationRun) -> EvaluationPublic:
         intervals={model: {name: (s["low"], s["high"]) for name, s in scored.items()} for model, scored in metrics.items()}
         if metrics else None,
         general=report.get("general"), slices=report.get("slices"), verdict=report.get("verdict"),
+        cost=report.get("cost"),
         human=json_format.MessageToDict(run.human) if run.human.fields else None,
         error=ErrorPublic(code=run.error_code, message=run.error_message) if run.status == "failed" else None,
     )

@@ -197,6 +197,7 @@ class Runs:
                 stop.cancel()
 
     async def _run(self, record: store.EvaluationRecord) -> None:
+        started_at = store.now()
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.RUNNING)
         try:
@@ -228,9 +229,11 @@ class Runs:
             await self._fail(record, "evaluation_failed", f"{type(error).__name__}: {error}")
             return
         verdict = result.verdict
+        report = result.to_dict()
+        report["cost"] = await self._cost(record, result, started_at)
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.COMPLETED, completed_at=store.now(),
-                               passed=verdict.passed, reason=verdict.reason, report=json.dumps(result.to_dict()))
+                               passed=verdict.passed, reason=verdict.reason, report=json.dumps(report))
             await add_to_outbox(session, self._runtime.tables, new_envelope(
                 EVALUATION_COMPLETED,
                 events_pb2.EvaluationCompleted(evaluation_id=record.id, candidate_version=record.candidate,
@@ -239,6 +242,37 @@ class Runs:
                 source="evaluation", tenant=record.tenant))
         self._runtime.relay.poke()
         log.info("evaluation %s: %s (%s)", record.id, "passed" if verdict.passed else "failed", verdict.reason)
+
+    async def _cost(self, record: store.EvaluationRecord, result, since: int) -> dict:
+        """Is it worth it: the primary metric's gain beside what training cost (the job's trained
+        tokens at `training_price_per_1k_tokens`) and what serving costs per 1K tokens (from the
+        completion log, over this evaluation's own answers). What cannot be known is left out, with why."""
+        primary = result.policy.primary_metric
+        gain = result.gain[0]
+        cost: dict = {"primary_metric": primary, "gain": gain, "training": None, "serving": {}}
+        if record.candidate.startswith("ft:"):
+            job_id = record.candidate.rsplit(":", 1)[-1]
+            try:
+                job = (await self._call("training", self._registry.GetJob, training_pb2.GetJobRequest(job_id=job_id),
+                                        record.tenant)).job
+                price = self._settings.training_price_per_1k_tokens
+                training_usd = job.trained_tokens / 1000 * price
+                cost["training"] = {"job_id": job_id, "trained_tokens": job.trained_tokens,
+                                    "price_per_1k_tokens": price, "cost_usd": training_usd,
+                                    "gain_per_usd": gain / training_usd if training_usd else None}
+            except EvaluationFailed as failure:
+                cost["training"] = {"job_id": job_id, "unknown": failure.message}
+        try:
+            usage = (await self._call("inference", self._inference.GetUsage, inference_pb2.GetUsageRequest(
+                models=list(dict.fromkeys(result.models.values())), since=since), record.tenant)).usage
+        except EvaluationFailed as failure:
+            cost["serving"] = {"unknown": failure.message}
+            return cost
+        for row in usage:
+            tokens = row.prompt_tokens + row.completion_tokens
+            cost["serving"][row.model] = {"completions": row.completions, "tokens": tokens, "cost_usd": row.cost_usd,
+                                          "cost_per_1k_tokens": row.cost_usd / tokens * 1000 if tokens else None}
+        return cost
 
     async def _progress(self, evaluation_id: str, done: int, total: int) -> None:
         async with self._runtime.db.transaction() as session:

@@ -16,5 +16,8 @@ class EvaluationSettings(ServiceSettings):
     concurrency: int = Field(default=8, ge=1)
     # Seconds between looks for queued evaluations when nothing wakes the worker.
     poll_s: float = Field(default=2.0, gt=0)
+    # What one thousand trained tokens cost, for the cost-and-worth report (OpenAI's price for small
+    # models by default; set what a job costs on your machines).
+    training_price_per_1k_tokens: float = Field(default=0.008, ge=0)
     # Seconds one call to another service may take.
     call_timeout_s: float = Field(default=120.0, gt=0)

@@ -31,7 +31,7 @@ from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator, check_request
 from services.inference.remote import OpenAIBackend, TgiBackend
 from services.inference.settings import InferenceSettings
-from services.shared.errors import FailedPrecondition, ResourceExhausted
+from services.shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata, tenant_of
@@ -253,6 +253,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def DeleteDeployment(self, request, context):
         await self.deployments.delete(tenant_of(context), request.name)
         return inference_pb2.DeleteDeploymentResponse(name=request.name, deleted=True)
+
+    async def GetUsage(self, request, context):
+        if request.since < 0:
+            raise InvalidArgument("since must be epoch seconds, or 0 for the whole log", param="since")
+        async with self._db.transaction() as session:
+            rows = await store.usage(session, tenant_of(context), list(request.models), request.since)
+        return inference_pb2.GetUsageResponse(usage=[inference_pb2.ModelUsage(**row) for row in rows])
 
     async def GenerateStream(self, request, context):
         """Text pieces as the generator decides them; the id, logged at the end, is chosen first."""

@@ -42,6 +42,19 @@ async def log_completion(session: AsyncSession, **row) -> None:
     await session.execute(completions.insert().values(**row))
 
 
+async def usage(session: AsyncSession, tenant: str, models: list[str], since: int) -> list[dict]:
+    """Per model: completions, tokens in and out, and estimated cost, from the log."""
+    c = completions.c
+    query = (sa.select(c.model, sa.func.count().label("completions"),
+                       sa.func.coalesce(sa.func.sum(c.prompt_tokens), 0).label("prompt_tokens"),
+                       sa.func.coalesce(sa.func.sum(c.completion_tokens), 0).label("completion_tokens"),
+                       sa.func.coalesce(sa.func.sum(c.cost_usd), 0.0).label("cost_usd"))
+             .where(c.tenant == tenant, c.created_at >= since).group_by(c.model).order_by(c.model))
+    if models:
+        query = query.where(c.model.in_(models))
+    return [dict(row._mapping) for row in await session.execute(query)]
+
+
 async def delete_completions_before(session: AsyncSession, created_before: int) -> int:
     """Delete the completions logged before `created_before` (epoch seconds); how many went."""
     result = await session.execute(completions.delete().where(completions.c.created_at < created_before))

@@ -26,6 +26,7 @@ from protos import (
 )
 from services.dataprep.server import DEFINITION as DATAPREP
 from services.evaluation.server import DEFINITION as EVALUATION
+from services.evaluation.side_by_side import general_probe
 from services.inference.server import DEFINITION as INFERENCE
 from services.training.server import DEFINITION as TRAINING
 from tests.fixtures.services import call_metadata, error_param, running, service_settings
@@ -64,6 +65,7 @@ async def _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_mode
     async with running(DATAPREP, settings(DATAPREP)) as (dataprep, dataprep_channel):
         addresses = {"dataprep_addr": f"127.0.0.1:{dataprep.grpc.port}"}
         async with running(TRAINING, settings(TRAINING, **addresses)) as (training, _):
+            _platform.training = training  # type: ignore[attr-defined]
             addresses["training_addr"] = f"127.0.0.1:{training.grpc.port}"
             async with running(INFERENCE, settings(INFERENCE, **addresses)) as (inference, inference_channel):
                 addresses["inference_addr"] = f"127.0.0.1:{inference.grpc.port}"
@@ -148,6 +150,11 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
     assert deployment.model_version == TINY_MODEL_ID and deployment.previous_version == OTHER
     assert f"evaluation {done.id} passed" in deployment.history[-1].reason
     assert [e.id for e in listed.evaluations] == [done.id] and not listed.evaluations[0].report.fields
+    cost = report["cost"]
+    assert cost["training"] is None and cost["primary_metric"] == "exact_match" and cost["gain"] > 0.8
+    served = cost["serving"][TINY_MODEL_ID]  # its answers to the held-out set and the general probe, logged
+    assert served["completions"] >= len(QUESTIONS) + len(general_probe()) and served["tokens"] > 0
+    assert served["cost_per_1k_tokens"] == 0  # the default machine price is 0
     assert list(other_tenant.evaluations) == []
 
 
@@ -343,3 +350,47 @@ async def test_the_human_review_export_is_blind_and_its_ratings_come_back_per_mo
     assert set(first["answers"]) == {"A", "B"} and first["ratings"]["A"] == {"correct": None, "helpful": None,
                                                                               "would_trust": None}
     assert stranger.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not in this review" in stranger.value.details()
+
+
+async def test_a_fine_tuned_candidate_is_judged_against_its_base_with_what_its_training_cost(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    """The candidate's base model comes from the registry, and the cost report from its job."""
+    from services.shared.models import ModelStore
+    from services.shared.settings import Settings
+    from services.training import store as training_store
+    from services.training.jobs import JobSpec
+    from services.training.trainer import TrainConfig, Trainer
+
+    spec = JobSpec(model=TINY_MODEL_ID, training_file="file-t")
+    models = ModelStore(Settings(data_dir=tmp_path, base_models={TINY_MODEL_ID: tiny_model_dir}))
+    examples = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+                for i in range(8)]
+    trainer = Trainer(TrainConfig(n_epochs=1, batch_size=4, bf16=False),
+                      lambda dtype: models.load(TINY_MODEL_ID, dtype), examples, output_dir=tmp_path / "run",
+                      base_model_id=TINY_MODEL_ID)
+    trainer.setup()
+    adapter = trainer.train().adapter_dir
+    job_id = "ftjob-0123456789abcdef01234567"
+    model_id = f"ft:{TINY_MODEL_ID}:acme:x:{job_id}"
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir,
+                         training_price_per_1k_tokens=2.0) as (dataprep, inference, evaluation):
+        async with _platform.training.runtime.db.transaction() as session:
+            await training_store.add_job(session, training_store.JobRecord(
+                id=job_id, tenant="acme", status="succeeded", model=TINY_MODEL_ID, training_file="file-t",
+                validation_file="", training_dataset="ds-t", validation_dataset="ds-t", hyperparameters=json.dumps({"requested": spec.hyperparameters_dict()}),
+                method=json.dumps(spec.method_dict()), suffix="x", seed=0, metadata="{}", fine_tuned_model=model_id,
+                trained_tokens=1500, error_code="", error_message="", error_param="", created_at=1, finished_at=2,
+                estimated_finish=None, idempotency_key=None, attempts=1))
+            await training_store.add_model(session, id=model_id, tenant="acme", base_model=TINY_MODEL_ID,
+                                           job_id=job_id, path=str(adapter),
+                                           lineage=json.dumps({"base_model": TINY_MODEL_ID}))
+        file_id = await _upload(dataprep, await _held_out(inference))
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=model_id, file_id=file_id, max_tokens=6), metadata=call_metadata())
+        done = await _finished(stub, started.evaluation.id)
+    assert done.status == "completed", done.error_message
+    assert (done.base_model, done.baseline) == (TINY_MODEL_ID, TINY_MODEL_ID)
+    training = done.report["cost"]["training"]
+    assert (training["job_id"], training["trained_tokens"], training["cost_usd"]) == (job_id, 1500, 3.0)
+    assert set(done.report["cost"]["serving"]) == {TINY_MODEL_ID, model_id}

@@ -78,6 +78,7 @@ def test_an_evaluation_over_rest_reports_metrics_per_model_and_the_verdict_with_
     verdict = done["verdict"]
     assert verdict["passed"] is False and {r["name"]: r["passed"] for r in verdict["rules"]}["min_gain"] is False
     assert "gain +0.000" in verdict["reason"]
+    assert done["cost"]["serving"][TINY_MODEL_ID]["completions"] >= len(QUESTIONS)
     examples = http.get(f"/v1/evaluations/{body['id']}/examples").json()["data"]
     assert len(examples) == len(QUESTIONS) and examples[0]["answers"][TINY_MODEL_ID] == examples[0]["reference"]
     listed = http.get("/v1/evaluations", params={"limit": 5}).json()
@@ -117,6 +118,7 @@ def test_tuneloop_eval_runs_prints_the_side_by_side_table_and_exits_1_on_a_faile
     assert ran.returncode == 1, ran.stdout + ran.stderr  # the verdict failed: no gain over itself
     assert "exact_match" in ran.stdout and "rougeL" in ran.stdout and "bleu" not in ran.stdout
     assert "verdict: failed" in ran.stdout and "min_gain" in ran.stdout and "FAIL" in ran.stdout
+    assert "worth: exact_match +0.000 for training cost unknown" in ran.stdout
     assert QUESTIONS[0] in ran.stdout  # the examples, side by side
     evaluation_id = ran.stdout.split("evaluation ")[1].split()[0]
     shown = tuneloop("show", evaluation_id, "--examples", "1")

@@ -257,3 +257,24 @@ async def test_more_concurrent_requests_than_cores_decode_in_one_batch(settings)
         answers = await asyncio.gather(*calls)
     assert {answer.text for answer in answers} == {first.text}
     assert engine.stats.max_rows == requests
+
+
+async def test_usage_per_model_comes_from_the_completion_log(settings):
+    configured = settings.model_copy(update={"price_per_hour_usd": 3600.0})  # a dollar a second: costs show
+    async with running(DEFINITION, configured) as (_service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        served = [await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hi", max_tokens=n),
+                                      metadata=call_metadata()) for n in (2, 3)]
+        await stub.Generate(inference_pb2.GenerateRequest(model="tiny-llama", prompt="Hi", max_tokens=1),
+                            metadata=call_metadata("other"))
+        mine = await stub.GetUsage(inference_pb2.GetUsageRequest(), metadata=call_metadata())
+        named = await stub.GetUsage(inference_pb2.GetUsageRequest(models=["tiny-llama", "nope"]),
+                                    metadata=call_metadata())
+        later = await stub.GetUsage(inference_pb2.GetUsageRequest(since=2**40), metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetUsage(inference_pb2.GetUsageRequest(since=-1), metadata=call_metadata())
+    [usage] = mine.usage
+    assert (usage.model, usage.completions, usage.completion_tokens) == ("tiny-llama", 2, 5)
+    assert usage.prompt_tokens == sum(s.usage.prompt_tokens for s in served) and usage.cost_usd > 0
+    assert list(named.usage) == list(mine.usage) and list(later.usage) == []
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(refused.value) == "since"
