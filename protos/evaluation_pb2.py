@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/evaluation.proto\x12\x0btuneloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"3\n\nScoredPair\x12\x12\n\nprediction\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x15\x43omputeMetricsRequest\x12&\n\x05pairs\x18\x01 \x03(\x0b\x32\x17.tuneloop.v1.ScoredPair\x12\x0f\n\x07metrics\x18\x02 \x03(\t\"\x97\x01\n\x16\x43omputeMetricsResponse\x12?\n\x06scores\x18\x01 \x03(\x0b\x32/.tuneloop.v1.ComputeMetricsResponse.ScoresEntry\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xde\x01\n\x14RunEvaluationRequest\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x12\n\ndataset_id\x18\x04 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x05 \x01(\t\x12\x0f\n\x07metrics\x18\x06 \x03(\t\x12\x13\n\x0bpolicy_json\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x12\n\nmax_tokens\x18\t \x01(\x05\x12\x15\n\rdataset_split\x18\n \x01(\t\"G\n\x15RunEvaluationResponse\x12.\n\nevaluation\x18\x01 \x01(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"G\n\x15GetEvaluationResponse\x12.\n\nevaluation\x18\x01 \x01(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"\'\n\x16ListEvaluationsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"J\n\x17ListEvaluationsResponse\x12/\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"\xa9\x03\n\rEvaluationRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tcandidate\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x12\n\ndeployment\x18\x06 \x01(\t\x12\x12\n\ndataset_id\x18\x07 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x03\x12\x14\n\x0c\x63ompleted_at\x18\n \x01(\x03\x12\x15\n\rprogress_done\x18\x0b \x01(\x05\x12\x16\n\x0eprogress_total\x18\x0c \x01(\x05\x12\x0e\n\x06passed\x18\r \x01(\x08\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\nerror_code\x18\x0f \x01(\t\x12\x15\n\rerror_message\x18\x10 \x01(\t\x12\'\n\x06report\x18\x11 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rdataset_split\x18\x12 \x01(\t\x12&\n\x05human\x18\x13 \x01(\x0b\x32\x17.google.protobuf.Struct\"]\n\x18\x45xportHumanReviewRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"^\n\x19\x45xportHumanReviewResponse\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x05\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"e\n\x18ImportHumanReviewRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"T\n\x19ImportHumanReviewResponse\x12\r\n\x05rated\x18\x01 \x01(\x05\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\xbd\x04\n\nEvaluation\x12Y\n\x0e\x43omputeMetrics\x12\".tuneloop.v1.ComputeMetricsRequest\x1a#.tuneloop.v1.ComputeMetricsResponse\x12V\n\rRunEvaluation\x12!.tuneloop.v1.RunEvaluationRequest\x1a\".tuneloop.v1.RunEvaluationResponse\x12V\n\rGetEvaluation\x12!.tuneloop.v1.GetEvaluationRequest\x1a\".tuneloop.v1.GetEvaluationResponse\x12\\\n\x0fListEvaluations\x12#.tuneloop.v1.ListEvaluationsRequest\x1a$.tuneloop.v1.ListEvaluationsResponse\x12\x62\n\x11\x45xportHumanReview\x12%.tuneloop.v1.ExportHumanReviewRequest\x1a&.tuneloop.v1.ExportHumanReviewResponse\x12\x62\n\x11ImportHumanReview\x12%.tuneloop.v1.ImportHumanReviewRequest\x1a&.tuneloop.v1.ImportHumanReviewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/evaluation.proto\x12\x0btuneloop.v1\x1a\x1cgoogle/protobuf/struct.proto\"3\n\nScoredPair\x12\x12\n\nprediction\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"P\n\x15\x43omputeMetricsRequest\x12&\n\x05pairs\x18\x01 \x03(\x0b\x32\x17.tuneloop.v1.ScoredPair\x12\x0f\n\x07metrics\x18\x02 \x03(\t\"\x97\x01\n\x16\x43omputeMetricsResponse\x12?\n\x06scores\x18\x01 \x03(\x0b\x32/.tuneloop.v1.ComputeMetricsResponse.ScoresEntry\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xed\x01\n\x14RunEvaluationRequest\x12\x11\n\tcandidate\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x12\n\ndataset_id\x18\x04 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x05 \x01(\t\x12\x0f\n\x07metrics\x18\x06 \x03(\t\x12\x13\n\x0bpolicy_json\x18\x07 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12\x12\n\nmax_tokens\x18\t \x01(\x05\x12\x15\n\rdataset_split\x18\n \x01(\t\x12\r\n\x05judge\x18\x0b \x01(\x08\"G\n\x15RunEvaluationResponse\x12.\n\nevaluation\x18\x01 \x01(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"G\n\x15GetEvaluationResponse\x12.\n\nevaluation\x18\x01 \x01(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"\'\n\x16ListEvaluationsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"J\n\x17ListEvaluationsResponse\x12/\n\x0b\x65valuations\x18\x01 \x03(\x0b\x32\x1a.tuneloop.v1.EvaluationRun\"\xa9\x03\n\rEvaluationRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tcandidate\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61seline\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x12\n\ndeployment\x18\x06 \x01(\t\x12\x12\n\ndataset_id\x18\x07 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x03\x12\x14\n\x0c\x63ompleted_at\x18\n \x01(\x03\x12\x15\n\rprogress_done\x18\x0b \x01(\x05\x12\x16\n\x0eprogress_total\x18\x0c \x01(\x05\x12\x0e\n\x06passed\x18\r \x01(\x08\x12\x0e\n\x06reason\x18\x0e \x01(\t\x12\x12\n\nerror_code\x18\x0f \x01(\t\x12\x15\n\rerror_message\x18\x10 \x01(\t\x12\'\n\x06report\x18\x11 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rdataset_split\x18\x12 \x01(\t\x12&\n\x05human\x18\x13 \x01(\x0b\x32\x17.google.protobuf.Struct\"]\n\x18\x45xportHumanReviewRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x05\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"^\n\x19\x45xportHumanReviewResponse\x12\x11\n\treview_id\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x05\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"e\n\x18ImportHumanReviewRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x11\n\treview_id\x18\x02 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\"T\n\x19ImportHumanReviewResponse\x12\r\n\x05rated\x18\x01 \x01(\x05\x12(\n\x07summary\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct2\xbd\x04\n\nEvaluation\x12Y\n\x0e\x43omputeMetrics\x12\".tuneloop.v1.ComputeMetricsRequest\x1a#.tuneloop.v1.ComputeMetricsResponse\x12V\n\rRunEvaluation\x12!.tuneloop.v1.RunEvaluationRequest\x1a\".tuneloop.v1.RunEvaluationResponse\x12V\n\rGetEvaluation\x12!.tuneloop.v1.GetEvaluationRequest\x1a\".tuneloop.v1.GetEvaluationResponse\x12\\\n\x0fListEvaluations\x12#.tuneloop.v1.ListEvaluationsRequest\x1a$.tuneloop.v1.ListEvaluationsResponse\x12\x62\n\x11\x45xportHumanReview\x12%.tuneloop.v1.ExportHumanReviewRequest\x1a&.tuneloop.v1.ExportHumanReviewResponse\x12\x62\n\x11ImportHumanReview\x12%.tuneloop.v1.ImportHumanReviewRequest\x1a&.tuneloop.v1.ImportHumanReviewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,27 +43,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPUTEMETRICSRESPONSE_SCORESENTRY']._serialized_start=312
   _globals['_COMPUTEMETRICSRESPONSE_SCORESENTRY']._serialized_end=357
   _globals['_RUNEVALUATIONREQUEST']._serialized_start=360
-  _globals['_RUNEVALUATIONREQUEST']._serialized_end=582
-  _globals['_RUNEVALUATIONRESPONSE']._serialized_start=584
-  _globals['_RUNEVALUATIONRESPONSE']._serialized_end=655
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=657
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=702
-  _globals['_GETEVALUATIONRESPONSE']._serialized_start=704
-  _globals['_GETEVALUATIONRESPONSE']._serialized_end=775
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=777
-  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=816
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=818
-  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=892
-  _globals['_EVALUATIONRUN']._serialized_start=895
-  _globals['_EVALUATIONRUN']._serialized_end=1320
-  _globals['_EXPORTHUMANREVIEWREQUEST']._serialized_start=1322
-  _globals['_EXPORTHUMANREVIEWREQUEST']._serialized_end=1415
-  _globals['_EXPORTHUMANREVIEWRESPONSE']._serialized_start=1417
-  _globals['_EXPORTHUMANREVIEWRESPONSE']._serialized_end=1511
-  _globals['_IMPORTHUMANREVIEWREQUEST']._serialized_start=1513
-  _globals['_IMPORTHUMANREVIEWREQUEST']._serialized_end=1614
-  _globals['_IMPORTHUMANREVIEWRESPONSE']._serialized_start=1616
-  _globals['_IMPORTHUMANREVIEWRESPONSE']._serialized_end=1700
-  _globals['_EVALUATION']._serialized_start=1703
-  _globals['_EVALUATION']._serialized_end=2276
+  _globals['_RUNEVALUATIONREQUEST']._serialized_end=597
+  _globals['_RUNEVALUATIONRESPONSE']._serialized_start=599
+  _globals['_RUNEVALUATIONRESPONSE']._serialized_end=670
+  _globals['_GETEVALUATIONREQUEST']._serialized_start=672
+  _globals['_GETEVALUATIONREQUEST']._serialized_end=717
+  _globals['_GETEVALUATIONRESPONSE']._serialized_start=719
+  _globals['_GETEVALUATIONRESPONSE']._serialized_end=790
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_start=792
+  _globals['_LISTEVALUATIONSREQUEST']._serialized_end=831
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_start=833
+  _globals['_LISTEVALUATIONSRESPONSE']._serialized_end=907
+  _globals['_EVALUATIONRUN']._serialized_start=910
+  _globals['_EVALUATIONRUN']._serialized_end=1335
+  _globals['_EXPORTHUMANREVIEWREQUEST']._serialized_start=1337
+  _globals['_EXPORTHUMANREVIEWREQUEST']._serialized_end=1430
+  _globals['_EXPORTHUMANREVIEWRESPONSE']._serialized_start=1432
+  _globals['_EXPORTHUMANREVIEWRESPONSE']._serialized_end=1526
+  _globals['_IMPORTHUMANREVIEWREQUEST']._serialized_start=1528
+  _globals['_IMPORTHUMANREVIEWREQUEST']._serialized_end=1629
+  _globals['_IMPORTHUMANREVIEWRESPONSE']._serialized_start=1631
+  _globals['_IMPORTHUMANREVIEWRESPONSE']._serialized_end=1715
+  _globals['_EVALUATION']._serialized_start=1718
+  _globals['_EVALUATION']._serialized_end=2291
 # @@protoc_insertion_point(module_scope)

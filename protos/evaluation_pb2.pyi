@@ -39,7 +39,7 @@ class ComputeMetricsResponse(_message.Message):
     def __init__(self, scores: _Optional[_Mapping[str, float]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class RunEvaluationRequest(_message.Message):
-    __slots__ = ("candidate", "baseline", "deployment", "dataset_id", "file_id", "metrics", "policy_json", "idempotency_key", "max_tokens", "dataset_split")
+    __slots__ = ("candidate", "baseline", "deployment", "dataset_id", "file_id", "metrics", "policy_json", "idempotency_key", "max_tokens", "dataset_split", "judge")
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     BASELINE_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class RunEvaluationRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_FIELD_NUMBER: _ClassVar[int]
     candidate: str
     baseline: str
     deployment: str
@@ -60,7 +61,8 @@ class RunEvaluationRequest(_message.Message):
     idempotency_key: str
     max_tokens: int
     dataset_split: str
-    def __init__(self, candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., dataset_split: _Optional[str] = ...) -> None: ...
+    judge: bool
+    def __init__(self, candidate: _Optional[str] = ..., baseline: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., file_id: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., policy_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., max_tokens: _Optional[int] = ..., dataset_split: _Optional[str] = ..., judge: _Optional[bool] = ...) -> None: ...
 
 class RunEvaluationResponse(_message.Message):
     __slots__ = ("evaluation",)

@@ -34,6 +34,7 @@ def run(
                                                "else the base model]")] = "",
     deployment: Annotated[str, typer.Option(help="The deployment the candidate is for")] = "",
     metric: Annotated[list[str] | None, typer.Option(help="A metric to compute (repeat); default: all text metrics")] = None,
+    judge: Annotated[bool, typer.Option(help="Have the configured judge model grade the answers")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the verdict, with a progress bar")] = True,
     url: UrlOption = None,
     api_key: KeyOption = None,
@@ -44,7 +45,8 @@ def run(
         raise typer.Exit(2)
     api = _api(url, api_key)
     try:
-        body = {"candidate": candidate, "baseline": baseline, "deployment": deployment, "metrics": metric or []}
+        body = {"candidate": candidate, "baseline": baseline, "deployment": deployment, "metrics": metric or [],
+                "judge": judge}
         if file is not None:
             with console.status(f"uploading {file.name}"):
                 body["file_id"] = api.upload(file)["id"]
@@ -165,14 +167,15 @@ def _show_human(summary: dict) -> None:
     table = Table("model", "answers rated", "correct", "helpful (1-5)", "would trust", "preferred", metric,
                   f"{metric} agrees with experts", title=f"human review: {int(summary['rated'])} items rated")
 
-    def cell(value) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
     for model, scores in summary["models"].items():
-        table.add_row(model, str(int(scores["answers_rated"])), cell(scores["correct"]), cell(scores["helpful"]),
-                      cell(scores["would_trust"]), cell(scores["preferred"]), cell(scores[metric]),
-                      cell(scores["metric_agrees_with_correct"]))
+        table.add_row(model, str(int(scores["answers_rated"])), _cell(scores["correct"]), _cell(scores["helpful"]),
+                      _cell(scores["would_trust"]), _cell(scores["preferred"]), _cell(scores[metric]),
+                      _cell(scores["metric_agrees_with_correct"]))
     console.print(table)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
@@ -191,6 +194,9 @@ def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
                               f"{evaluation['intervals'][m][name][1]:.3f}]" for m in models))
     if evaluation["general"]:
         table.add_row("general (agreement with base)", *(f"{evaluation['general'][m]:.3f}" for m in models))
+    for question in ("correct", "helpful", "would_trust"):
+        if evaluation.get("judge"):
+            table.add_row(f"judge: {question}", *(_cell((evaluation["judge"].get(m) or {}).get(question)) for m in models))
     for name, scores in (evaluation["slices"] or {}).items():
         table.add_row(f"slice {name}", *(f"{scores[m]:.3f}" for m in models))
     console.print(table)

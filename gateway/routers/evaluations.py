@@ -35,6 +35,8 @@ class EvaluationCreate(BaseModel):
     # max_forgetting_drop, max_slice_drop); what is left out keeps its default.
     policy: dict[str, Any] | None = None
     max_tokens: int = Field(default=0, ge=0)
+    # Have the configured judge model grade production's and the candidate's answers.
+    judge: bool = False
 
 
 class Progress(BaseModel):
@@ -70,6 +72,8 @@ class EvaluationPublic(BaseModel):
     # Is it worth it: the primary metric's gain, what training cost (the job's trained tokens) and
     # what serving costs per 1K tokens (from the completion log).
     cost: dict[str, Any] | None = None
+    # The judge model's grades per model version (correct, helpful, would_trust), when asked for.
+    judge: dict[str, Any] | None = None
     # The latest imported human review: per model what the experts said, beside the metric.
     human: dict[str, Any] | None = None
     error: ErrorPublic | None = None
@@ -135,7 +139,7 @@ def _public(run: evaluation_pb2.EvaluationRun) -> EvaluationPublic:
         intervals={model: {name: (s["low"], s["high"]) for name, s in scored.items()} for model, scored in metrics.items()}
         if metrics else None,
         general=report.get("general"), slices=report.get("slices"), verdict=report.get("verdict"),
-        cost=report.get("cost"),
+        cost=report.get("cost"), judge=report.get("judge"),
         human=json_format.MessageToDict(run.human) if run.human.fields else None,
         error=ErrorPublic(code=run.error_code, message=run.error_message) if run.status == "failed" else None,
     )
@@ -147,7 +151,7 @@ async def create_evaluation(body: EvaluationCreate, clients: ClientsDep, tenant:
     request = evaluation_pb2.RunEvaluationRequest(
         candidate=body.candidate, baseline=body.baseline, deployment=body.deployment, dataset_id=body.dataset_id,
         file_id=body.file_id, metrics=body.metrics, policy_json=json.dumps(body.policy) if body.policy else "",
-        idempotency_key=idempotency_key or "", max_tokens=body.max_tokens)
+        idempotency_key=idempotency_key or "", max_tokens=body.max_tokens, judge=body.judge)
     response = await call("evaluation", clients.evaluation.RunEvaluation(request, **clients.options(tenant)))
     return _public(response.evaluation)
 

@@ -109,6 +109,9 @@ def summarise(ratings: dict[str, dict[str, Any]], key: dict[str, dict[str, Any]]
         automatic = [report["examples"][key[item]["example"]]["scores"][model][primary] for item, _ in answers]
         judged = [(ratings[item][letter]["correct"], report["examples"][key[item]["example"]]["scores"][model][primary])
                   for item, letter in answers if ratings[item][letter]["correct"] is not None]
+        graded = [(ratings[item][letter]["correct"],
+                   (report["examples"][key[item]["example"]].get("judge") or {}).get(model))
+                  for item, letter in answers if ratings[item][letter]["correct"] is not None]
         summary["models"][model] = {
             "answers_rated": len(answers),
             "correct": _mean(values["correct"]),
@@ -117,6 +120,9 @@ def summarise(ratings: dict[str, dict[str, Any]], key: dict[str, dict[str, Any]]
             "preferred": (wins + ties / 2) / len(preferences) if preferences else None,
             primary: _mean(automatic),
             "metric_agrees_with_correct": _mean([float((score >= 1.0) == correct) for correct, score in judged]),
+            # Where a judge graded these answers: how often it said "correct" when the experts did.
+            "judge_agrees_with_correct": _mean([float(grade["correct"] == correct) for correct, grade in graded
+                                                if grade is not None]),
         }
     return summary
 

@@ -32,6 +32,7 @@ from protos import (
 )
 from services.evaluation import human, store
 from services.evaluation.gate import GatePolicy
+from services.evaluation.judge import Judge
 from services.evaluation.metrics import TEXT_METRICS, check_metric_names
 from services.evaluation.settings import EvaluationSettings
 from services.evaluation.side_by_side import Example, run_side_by_side
@@ -60,13 +61,16 @@ class Runs:
         self._registry = registry
         self._dataprep = dataprep
         self._wake = asyncio.Event()
+        settings = self._settings
+        self._judge = (Judge(settings.judge_base_url, settings.judge_model, settings.judge_api_key.get_secret_value())
+                       if settings.judge_base_url else None)
 
     # ---- the API ----------------------------------------------------------------------------------
 
     async def start(self, tenant: str, *, candidate: str, baseline: str = "", deployment: str = "",
                     dataset_id: str = "", dataset_split: str = "", file_id: str = "",
                     metrics: list[str] | None = None, policy_json: str = "", idempotency_key: str = "",
-                    max_tokens: int = 0) -> store.EvaluationRecord:
+                    max_tokens: int = 0, judge: bool = False) -> store.EvaluationRecord:
         """Check the request (the models with the registry), store it queued, and wake the worker."""
         if not candidate:
             raise InvalidArgument("candidate is required: the model version under test", param="candidate")
@@ -85,6 +89,10 @@ class Runs:
         if not 0 <= max_tokens <= self._settings.max_answer_tokens:
             raise InvalidArgument(f"max_tokens must be between 1 and {self._settings.max_answer_tokens}",
                                   param="max_tokens")
+        if judge and self._judge is None:
+            raise FailedPrecondition("no judge model is configured: set TUNELOOP_JUDGE_BASE_URL, TUNELOOP_JUDGE_MODEL "
+                                     "and TUNELOOP_JUDGE_API_KEY for the evaluation service", param="judge",
+                                     code="judge_not_configured")
         for model, param in ((candidate, "candidate"), (baseline, "baseline")):
             if model:
                 await self._check_model(tenant, model, param)
@@ -92,13 +100,13 @@ class Runs:
             record = await self.enqueue(session, tenant, candidate=candidate, baseline=baseline, deployment=deployment,
                                         dataset_id=dataset_id, dataset_split=dataset_split or "validation",
                                         file_id=file_id, metrics=names, policy=policy,
-                                        idempotency_key=idempotency_key, max_tokens=max_tokens)
+                                        idempotency_key=idempotency_key, max_tokens=max_tokens, judge=judge)
         self._wake.set()
         return record
 
     async def enqueue(self, session, tenant: str, *, candidate: str, baseline: str, deployment: str, dataset_id: str,
                       dataset_split: str, file_id: str, metrics: list[str], policy: GatePolicy, idempotency_key: str,
-                      max_tokens: int) -> store.EvaluationRecord:
+                      max_tokens: int, judge: bool = False) -> store.EvaluationRecord:
         """Store a checked evaluation, queued (the one already stored under `idempotency_key`, if any)."""
         if idempotency_key and (found := await store.by_key(session, tenant, idempotency_key)):
             return found
@@ -106,7 +114,7 @@ class Runs:
             session, id=f"eval-{secrets.token_hex(12)}", tenant=tenant, candidate=candidate, baseline=baseline,
             deployment=deployment, dataset_id=dataset_id, dataset_split=dataset_split, file_id=file_id,
             metrics=json.dumps(metrics), policy=policy.model_dump_json(),
-            max_tokens=max_tokens or self._settings.answer_tokens, idempotency_key=idempotency_key or None)
+            max_tokens=max_tokens or self._settings.answer_tokens, judge=judge, idempotency_key=idempotency_key or None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -217,7 +225,7 @@ class Runs:
                 examples, base=base, production=baseline, candidate=record.candidate,
                 answer=lambda model, chat: self._answer(record, model, chat), metrics=json.loads(record.metrics),
                 policy=GatePolicy.model_validate_json(record.policy), concurrency=self._settings.concurrency,
-                progress=progress)
+                progress=progress, grade=self._grade if record.judge else None)
         except EvaluationFailed as failure:
             await self._fail(record, failure.code, failure.message)
             return
@@ -242,6 +250,11 @@ class Runs:
                 source="evaluation", tenant=record.tenant))
         self._runtime.relay.poke()
         log.info("evaluation %s: %s (%s)", record.id, "passed" if verdict.passed else "failed", verdict.reason)
+
+    async def _grade(self, question: str, reference: str, answer: str) -> dict | None:
+        if self._judge is None:
+            raise EvaluationFailed("judge_not_configured", "the judge model is no longer configured")
+        return await asyncio.to_thread(self._judge.grade, question, reference, answer)
 
     async def _cost(self, record: store.EvaluationRecord, result, since: int) -> dict:
         """Is it worth it: the primary metric's gain beside what training cost (the job's trained

@@ -44,7 +44,7 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
             deployment=request.deployment, dataset_id=request.dataset_id, dataset_split=request.dataset_split,
             file_id=request.file_id,
             metrics=list(request.metrics), policy_json=request.policy_json,
-            idempotency_key=request.idempotency_key, max_tokens=request.max_tokens)
+            idempotency_key=request.idempotency_key, max_tokens=request.max_tokens, judge=request.judge)
         return evaluation_pb2.RunEvaluationResponse(evaluation=_message(record))
 
     async def GetEvaluation(self, request, context):

@@ -1,4 +1,4 @@
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
@@ -19,5 +19,10 @@ class EvaluationSettings(ServiceSettings):
     # What one thousand trained tokens cost, for the cost-and-worth report (OpenAI's price for small
     # models by default; set what a job costs on your machines).
     training_price_per_1k_tokens: float = Field(default=0.008, ge=0)
+    # The judge model (any OpenAI-compatible endpoint) that grades answers when an evaluation asks
+    # for it; its key is configured here, never sent in a request.
+    judge_base_url: str = ""
+    judge_model: str = ""
+    judge_api_key: SecretStr = SecretStr("")
     # Seconds one call to another service may take.
     call_timeout_s: float = Field(default=120.0, gt=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from services.evaluation.gate import GatePolicy, Measured, Verdict, decide
+from services.evaluation.judge import summarise_grades
 from services.evaluation.metrics import (
     Scored,
     check_metric_names,
@@ -35,6 +36,8 @@ GENERAL_PROBE = Path(__file__).parent / "data" / "general_probe.jsonl"
 ROLES = ("base", "production", "candidate")
 
 Answer = Callable[[str, list[dict[str, str]]], Awaitable[str]]
+# (question, reference, answer) -> {"correct", "helpful", "would_trust"}, or None if the judge's reply was unusable.
+Grade = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ class SideBySide:
     verdict: Verdict
     policy: GatePolicy
     gain: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))  # primary: candidate - production, interval
+    # The judge's grade of each answer of production and the candidate (None: not asked, or unusable).
+    grades: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON: per model its metrics with intervals, per example every answer and score."""
@@ -79,11 +84,13 @@ class SideBySide:
             "general": self.general,
             "slices": self.slices,
             "verdict": self.verdict.to_dict(),
+            "judge": {model: summarise_grades(grades) for model, grades in self.grades.items()} or None,
             "examples": [
                 {"messages": example.chat(), "reference": example.reference, "slice": example.slice,
                  "answers": {model: answers[index] for model, answers in self.answers.items()},
                  "scores": {model: {name: s.per_example[index] for name, s in scored.items()}
-                            for model, scored in self.scores.items()}}
+                            for model, scored in self.scores.items()},
+                 **({"judge": {model: grades[index] for model, grades in self.grades.items()}} if self.grades else {})}
                 for index, example in enumerate(self.examples)
             ],
             "general_answers": [
@@ -111,6 +118,7 @@ async def run_side_by_side(
     concurrency: int = 8,
     progress: Callable[[int, int], None] | None = None,
     seed: int = 0,
+    grade: Grade | None = None,
 ) -> SideBySide:
     """Ask every model every example and general prompt, score, and decide."""
     names = check_metric_names(metrics)
@@ -163,6 +171,16 @@ async def run_side_by_side(
         candidate_general=general[candidate] if prompts else None,
         slices=tuple(slice_rows),
     )
-    return SideBySide(models=models, examples=list(examples), answers=answers, scores=scores,
+    grades: dict[str, list[dict[str, Any] | None]] = {}
+    if grade is not None:
+        judged = list(dict.fromkeys([production, candidate]))
+
+        async def graded(model: str, index: int) -> dict[str, Any] | None:
+            async with limit:
+                return await grade(chats[index][-1]["content"], references[index], answers[model][index])
+
+        for model in judged:
+            grades[model] = list(await asyncio.gather(*(graded(model, i) for i in range(len(examples)))))
+    return SideBySide(models=models, examples=list(examples), answers=answers, scores=scores, grades=grades,
                       general_prompts=prompts, general_answers=general_answers, general=general, slices=slices,
                       verdict=decide(policy, measured), policy=policy, gain=gain)

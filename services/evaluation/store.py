@@ -33,6 +33,7 @@ evaluations = sa.Table(
     sa.Column("metrics", sa.Text, nullable=False),  # JSON list
     sa.Column("policy", sa.Text, nullable=False),  # JSON GatePolicy
     sa.Column("max_tokens", sa.Integer, nullable=False),
+    sa.Column("judge", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("completed_at", sa.BigInteger, nullable=True),
@@ -80,6 +81,7 @@ class EvaluationRecord:
     metrics: str
     policy: str
     max_tokens: int
+    judge: bool
     idempotency_key: str | None
     created_at: int
     completed_at: int | None

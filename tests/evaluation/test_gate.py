@@ -143,3 +143,23 @@ def test_the_general_probe_ships_and_shares_no_prompt_with_the_replay_set():
 
     probe = general_probe()
     assert len(probe) >= 30 and not set(probe) & set(general_prompts())
+
+
+@pytest.mark.parametrize(
+    ("reply", "grade"),
+    [
+        ('{"correct": true, "helpful": 4, "would_trust": false}', {"correct": True, "helpful": 4.0, "would_trust": False}),
+        ('Sure! {"correct": false, "helpful": 1, "would_trust": false} Hope that helps.',
+         {"correct": False, "helpful": 1.0, "would_trust": False}),
+        ("I think it is correct.", None),
+        ('{"correct": "yes", "helpful": 4, "would_trust": true}', None),
+        ('{"correct": true, "helpful": 9, "would_trust": true}', None),
+        ('{"correct": true, "helpful": 4}', None),
+        ("{not json}", None),
+    ],
+)
+def test_a_judges_reply_is_read_only_when_it_is_the_asked_for_object(reply, grade):
+    from services.evaluation.judge import parse_grade, summarise_grades
+
+    assert parse_grade(reply) == grade
+    assert summarise_grades([parse_grade(reply)])["unparsed"] == (grade is None)

@@ -394,3 +394,63 @@ async def test_a_fine_tuned_candidate_is_judged_against_its_base_with_what_its_t
     training = done.report["cost"]["training"]
     assert (training["job_id"], training["trained_tokens"], training["cost_usd"]) == (job_id, 1500, 3.0)
     assert set(done.report["cost"]["serving"]) == {TINY_MODEL_ID, model_id}
+
+
+def _fake_judge(messages: list[dict], model: str) -> str:
+    """The FAKE judge's rule: an answer is correct when it is the reference, word for word."""
+    prompt = messages[-1]["content"]
+    reference = prompt.split("Reference answer:\n")[1].split("\n\nAnswer to grade:\n")[0]
+    answer = prompt.split("Answer to grade:\n")[1].split("\n\nReply with one JSON object")[0]
+    right = answer == reference
+    return json.dumps({"correct": right, "helpful": 5 if right else 2, "would_trust": right})
+
+
+async def test_a_judge_model_grades_the_answers_and_its_agreement_with_experts_is_reported(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    """The judge is a FAKE OpenAI-compatible server (a hosted judge cannot run here) on real HTTP."""
+    import csv
+    import io
+
+    from tests.fixtures.fake_openai import fake_openai_server
+
+    with fake_openai_server(_fake_judge) as judge_url:
+        async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir,
+                             judge_base_url=judge_url, judge_model="teacher-1", judge_api_key="teacher-key") as (
+                dataprep, inference, evaluation):
+            file_id = await _upload(dataprep, await _held_out(inference))
+            stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+            started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+                candidate=TINY_MODEL_ID, baseline=OTHER, file_id=file_id, max_tokens=6, judge=True),
+                metadata=call_metadata())
+            done = await _finished(stub, started.evaluation.id)
+            exported = await stub.ExportHumanReview(evaluation_pb2.ExportHumanReviewRequest(
+                evaluation_id=done.id, size=6), metadata=call_metadata())
+            rows = list(csv.DictReader(io.StringIO(exported.content.decode())))
+            for row in rows:  # the experts agree with the judge on the candidate, and disagree on production
+                for letter in "AB":
+                    row[f"correct_{letter}"] = "yes"
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            imported = await stub.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
+                evaluation_id=done.id, review_id=exported.review_id, format="csv", content=buffer.getvalue().encode()),
+                metadata=call_metadata())
+    assert done.status == "completed", done.error_message
+    judged = json_format.MessageToDict(done.report)["judge"]
+    assert judged[TINY_MODEL_ID]["correct"] == 1.0 and judged[TINY_MODEL_ID]["helpful"] == 5.0
+    assert judged[OTHER]["correct"] < 0.2
+    assert judged[TINY_MODEL_ID]["graded"] == len(QUESTIONS) and judged[TINY_MODEL_ID]["unparsed"] == 0
+    assert done.report["examples"][0]["judge"][TINY_MODEL_ID]["correct"] is True
+    summary = json_format.MessageToDict(imported.summary)["models"]
+    assert summary[TINY_MODEL_ID]["judge_agrees_with_correct"] == 1.0
+    assert summary[OTHER]["judge_agrees_with_correct"] < 0.5
+
+
+async def test_asking_for_a_judge_that_is_not_configured_is_refused(tmp_path, database_url, nats_url):
+    settings = service_settings(EVALUATION, tmp_path=tmp_path, database_url=database_url, nats_url=nats_url)
+    async with running(EVALUATION, settings) as (_service, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await evaluation_pb2_grpc.EvaluationStub(channel).RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+                candidate=TINY_MODEL_ID, file_id="file-x", judge=True), metadata=call_metadata())
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and error_param(refused.value) == "judge"

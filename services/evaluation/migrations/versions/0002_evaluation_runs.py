@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("metrics", sa.Text, nullable=False),
         sa.Column("policy", sa.Text, nullable=False),
         sa.Column("max_tokens", sa.Integer, nullable=False),
+        sa.Column("judge", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("idempotency_key", sa.String(255), nullable=True),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("completed_at", sa.BigInteger, nullable=True),
