@@ -85,6 +85,11 @@ class InferenceStub:
                 request_serializer=protos_dot_inference__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=protos_dot_inference__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/tuneloop.v1.Inference/Score',
+                request_serializer=protos_dot_inference__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.ScoreResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -162,6 +167,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """How likely a model finds a given answer to a chat (its loss on a reference): models served here only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +226,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=protos_dot_inference__pb2.GetUsageRequest.FromString,
                     response_serializer=protos_dot_inference__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=protos_dot_inference__pb2.ScoreRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.ScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +504,33 @@ class Inference:
             '/tuneloop.v1.Inference/GetUsage',
             protos_dot_inference__pb2.GetUsageRequest.SerializeToString,
             protos_dot_inference__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/Score',
+            protos_dot_inference__pb2.ScoreRequest.SerializeToString,
+            protos_dot_inference__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

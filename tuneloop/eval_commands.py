@@ -194,6 +194,8 @@ def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
                               f"{evaluation['intervals'][m][name][1]:.3f}]" for m in models))
     if evaluation["general"]:
         table.add_row("general (agreement with base)", *(f"{evaluation['general'][m]:.3f}" for m in models))
+    if evaluation.get("perplexity"):
+        table.add_row("perplexity (references)", *(_cell(evaluation["perplexity"][m]["perplexity"]) for m in models))
     for question in ("correct", "helpful", "would_trust"):
         if evaluation.get("judge"):
             table.add_row(f"judge: {question}", *(_cell((evaluation["judge"].get(m) or {}).get(question)) for m in models))

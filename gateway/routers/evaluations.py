@@ -72,6 +72,9 @@ class EvaluationPublic(BaseModel):
     # Is it worth it: the primary metric's gain, what training cost (the job's trained tokens) and
     # what serving costs per 1K tokens (from the completion log).
     cost: dict[str, Any] | None = None
+    # Per model version, when asked for ("perplexity" among the metrics): the loss per token of the
+    # reference answers and its exponential.
+    perplexity: dict[str, Any] | None = None
     # The judge model's grades per model version (correct, helpful, would_trust), when asked for.
     judge: dict[str, Any] | None = None
     # The latest imported human review: per model what the experts said, beside the metric.
@@ -139,7 +142,7 @@ def _public(run: evaluation_pb2.EvaluationRun) -> EvaluationPublic:
         intervals={model: {name: (s["low"], s["high"]) for name, s in scored.items()} for model, scored in metrics.items()}
         if metrics else None,
         general=report.get("general"), slices=report.get("slices"), verdict=report.get("verdict"),
-        cost=report.get("cost"), judge=report.get("judge"),
+        cost=report.get("cost"), judge=report.get("judge"), perplexity=report.get("perplexity"),
         human=json_format.MessageToDict(run.human) if run.human.fields else None,
         error=ErrorPublic(code=run.error_code, message=run.error_message) if run.status == "failed" else None,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 
@@ -44,6 +45,7 @@ from services.shared.rpc import error_from_rpc, tenant_metadata
 from services.shared.subjects import EVALUATION_COMPLETED
 
 log = logging.getLogger(__name__)
+PERPLEXITY = "perplexity"  # asked for with the metrics; computed from the models' own probabilities
 
 
 class EvaluationFailed(Exception):
@@ -79,7 +81,10 @@ class Runs:
                                   param="dataset_id")
         if dataset_split not in ("", "validation", "train"):
             raise InvalidArgument("dataset_split must be validation or train", param="dataset_split")
-        names = check_metric_names(metrics or []) or list(TEXT_METRICS)
+        wanted = list(metrics or [])
+        names = check_metric_names([m for m in wanted if m != PERPLEXITY]) or list(TEXT_METRICS)
+        if PERPLEXITY in wanted:
+            names.append(PERPLEXITY)
         try:
             policy = GatePolicy.model_validate_json(policy_json) if policy_json else GatePolicy()
         except ValidationError as error:
@@ -221,11 +226,14 @@ class Runs:
                     last_saved = time.monotonic()
                     asyncio.ensure_future(self._progress(record.id, done, total))
 
+            metrics = json.loads(record.metrics)
             result = await run_side_by_side(
                 examples, base=base, production=baseline, candidate=record.candidate,
-                answer=lambda model, chat: self._answer(record, model, chat), metrics=json.loads(record.metrics),
+                answer=lambda model, chat: self._answer(record, model, chat),
+                metrics=[m for m in metrics if m != PERPLEXITY],
                 policy=GatePolicy.model_validate_json(record.policy), concurrency=self._settings.concurrency,
                 progress=progress, grade=self._grade if record.judge else None)
+            perplexity = (await self._perplexity(record, result) if PERPLEXITY in metrics else None)
         except EvaluationFailed as failure:
             await self._fail(record, failure.code, failure.message)
             return
@@ -239,6 +247,7 @@ class Runs:
         verdict = result.verdict
         report = result.to_dict()
         report["cost"] = await self._cost(record, result, started_at)
+        report["perplexity"] = perplexity
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.COMPLETED, completed_at=store.now(),
                                passed=verdict.passed, reason=verdict.reason, report=json.dumps(report))
@@ -250,6 +259,26 @@ class Runs:
                 source="evaluation", tenant=record.tenant))
         self._runtime.relay.poke()
         log.info("evaluation %s: %s (%s)", record.id, "passed" if verdict.passed else "failed", verdict.reason)
+
+    async def _perplexity(self, record: store.EvaluationRecord, result) -> dict:
+        """Per model: the mean loss per token of the reference answers, and its exponential."""
+        limit = asyncio.Semaphore(self._settings.concurrency)
+
+        async def scored(model: str, example: Example) -> tuple[float, int]:
+            request = inference_pb2.ScoreRequest(model=model, answer=example.reference, messages=[
+                common_pb2.ChatMessage(role=role, content=content) for role, content in example.messages])
+            async with limit:
+                response = await self._call("inference", self._inference.Score, request, record.tenant)
+            return response.logprob, response.tokens
+
+        found = {}
+        for model in dict.fromkeys(result.models.values()):
+            pairs = await asyncio.gather(*(scored(model, example) for example in result.examples if example.reference))
+            tokens = sum(count for _, count in pairs)
+            loss = -sum(logprob for logprob, _ in pairs) / tokens if tokens else None
+            found[model] = {"loss": loss, "perplexity": math.exp(min(loss, 700)) if loss is not None else None,
+                            "tokens": tokens}
+        return found
 
     async def _grade(self, question: str, reference: str, answer: str) -> dict | None:
         if self._judge is None:

@@ -14,10 +14,11 @@ an engine) of its own. Either renders prompts with the chat template it was trai
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,59 @@ class Generator:
         current token and frees its place in the batch.
         """
         check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
+        with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
+            input_ids = _encode(tokenizer, model_id, messages, prompt)
+            field_name = "messages" if messages is not None else "prompt"
+            if len(input_ids) + max_tokens > loaded.context_length:
+                raise InvalidArgument(
+                    f"{field_name} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                    f"context length of {model_id} ({loaded.context_length} tokens)",
+                    param="max_tokens",
+                )
+            if max_tokens == 0:
+                return Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)
+            sequence = batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
+                                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                         stop=list(stop), on_text=on_text, cancel=cancel)
+            assert loaded.engine is not None
+            loaded.engine.submit(sequence)
+            return sequence.result()
+
+    def score(self, model_id: str, *, messages: list[dict[str, Any]], answer: str,
+              fine_tuned: FineTuned | None = None) -> tuple[float, int]:
+        """(sum of log-probabilities, tokens) of `answer` as the assistant's reply to `messages`,
+        end of turn included: what the model thinks of a reference answer (its loss and perplexity)."""
+        import torch
+
+        check_request(messages, None, 0, 0, 1, None, ())
+        if not isinstance(answer, str) or not answer:
+            raise InvalidArgument("answer must be a non-empty string", param="answer")
+        with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
+            prompt_ids = _encode(tokenizer, model_id, messages, None)
+            chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+            prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+            whole = tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": answer}], tokenize=False)
+            if not whole.startswith(prompt) or whole == prompt:
+                raise InvalidArgument(f"{model_id}'s chat template does not render the answer after the prompt",
+                                      param="answer")
+            # The answer's tokens as generation would produce them: after the prompt's own tokens.
+            full_ids = prompt_ids + list(tokenizer(whole[len(prompt):], add_special_tokens=False)["input_ids"])
+            if len(full_ids) > loaded.context_length:
+                raise InvalidArgument(f"messages and answer ({len(full_ids)} tokens) exceed the context length of "
+                                      f"{model_id} ({loaded.context_length} tokens)", param="answer")
+            assert loaded.engine is not None
+            with loaded.engine.lock, torch.inference_mode():  # the model as it is between changes of its adapters
+                model = loaded.peft or loaded.model
+                extra = {"adapter_names": [adapter]} if loaded.peft is not None else {}
+                logits = model(input_ids=torch.tensor([full_ids], device=loaded.model.device), **extra).logits[0]
+            targets = torch.tensor(full_ids[len(prompt_ids):])
+            logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
+            return float(logprobs.gather(1, targets[:, None]).sum()), len(targets)
+
+    @contextlib.contextmanager
+    def _using(self, model_id: str, fine_tuned: FineTuned | None) -> Iterator[tuple[_LoadedModel, str, Any]]:
+        """The loaded model that serves `model_id`, the peft adapter name to use, and the tokenizer
+        that renders its prompts; the adapter cannot be unloaded meanwhile."""
         if fine_tuned is None:
             if model_id.startswith("ft:"):
                 raise InvalidArgument(f"{model_id} is a fine-tuned model; resolve it in the registry first",
@@ -114,22 +168,7 @@ class Generator:
                                   else (BASE, loaded.tokenizer))
             loaded.in_use[adapter] = loaded.in_use.get(adapter, 0) + 1
         try:
-            input_ids = _encode(tokenizer, model_id, messages, prompt)
-            field_name = "messages" if messages is not None else "prompt"
-            if len(input_ids) + max_tokens > loaded.context_length:
-                raise InvalidArgument(
-                    f"{field_name} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
-                    f"context length of {model_id} ({loaded.context_length} tokens)",
-                    param="max_tokens",
-                )
-            if max_tokens == 0:
-                return Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)
-            sequence = batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
-                                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                         stop=list(stop), on_text=on_text, cancel=cancel)
-            assert loaded.engine is not None
-            loaded.engine.submit(sequence)
-            return sequence.result()
+            yield loaded, adapter, tokenizer
         finally:
             with self._lock_for(key):
                 loaded.in_use[adapter] -= 1

@@ -254,6 +254,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         await self.deployments.delete(tenant_of(context), request.name)
         return inference_pb2.DeleteDeploymentResponse(name=request.name, deleted=True)
 
+    async def Score(self, request, context):
+        tenant = tenant_of(context)
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        check_request(messages, None, 0, 0, 1, None, ())
+        route = await self._route(request.model, tenant)
+        if isinstance(route, tuple):
+            raise FailedPrecondition(f"{request.model} is served by a remote endpoint, which does not score answers",
+                                     param="model", code="score_not_available")
+        with self._admission():
+            logprob, tokens = await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(
+                self._generator.score, request.model, messages=messages, answer=request.answer, fine_tuned=route))
+        return inference_pb2.ScoreResponse(logprob=logprob, tokens=tokens)
+
     async def GetUsage(self, request, context):
         if request.since < 0:
             raise InvalidArgument("since must be epoch seconds, or 0 for the whole log", param="since")

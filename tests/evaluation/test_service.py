@@ -121,7 +121,8 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
         stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
         started = (await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
             candidate=TINY_MODEL_ID, deployment="acme-support", file_id=file_id, max_tokens=6,
-            metrics=["exact_match", "token_f1", "rougeL"], idempotency_key="k1"), metadata=call_metadata())).evaluation
+            metrics=["exact_match", "token_f1", "rougeL", "perplexity"], idempotency_key="k1"),
+            metadata=call_metadata())).evaluation
         again = (await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
             candidate=TINY_MODEL_ID, deployment="acme-support", file_id=file_id, idempotency_key="k1"),
             metadata=call_metadata())).evaluation
@@ -150,6 +151,9 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
     assert deployment.model_version == TINY_MODEL_ID and deployment.previous_version == OTHER
     assert f"evaluation {done.id} passed" in deployment.history[-1].reason
     assert [e.id for e in listed.evaluations] == [done.id] and not listed.evaluations[0].report.fields
+    perplexity = json_format.MessageToDict(report)["perplexity"]  # its own answers are likelier to it
+    assert perplexity[TINY_MODEL_ID]["loss"] < perplexity[OTHER]["loss"] and perplexity[OTHER]["perplexity"] > 1
+    assert perplexity[TINY_MODEL_ID]["tokens"] == perplexity[OTHER]["tokens"] > len(QUESTIONS)
     cost = report["cost"]
     assert cost["training"] is None and cost["primary_metric"] == "exact_match" and cost["gain"] > 0.8
     served = cost["serving"][TINY_MODEL_ID]  # its answers to the held-out set and the general probe, logged

@@ -185,3 +185,31 @@ def test_an_adapter_in_use_is_not_unloaded(store, blue, green):
     assert _says(answers["green"], "green")
     assert _says(_greedy(generator, green.model_id, green), "green")  # both stay until the next load
     assert generator.loaded_adapters(TINY_MODEL_ID) == [blue.model_id, green.model_id]  # blue least recent
+
+
+def test_a_reference_answer_is_scored_with_the_models_own_probabilities(store, blue):
+    """score(): the log-probability of an answer (and the end of the turn) after the prompt, as
+    peft computes it by hand; what the evaluation's perplexity is made of."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    generator = Generator(store)
+    blue_blue, tokens = generator.score(blue.model_id, messages=QUESTION, answer="blue", fine_tuned=blue)
+    blue_green, _ = generator.score(blue.model_id, messages=QUESTION, answer="green", fine_tuned=blue)
+    base_blue, base_tokens = generator.score(TINY_MODEL_ID, messages=QUESTION, answer="blue")
+    assert tokens == base_tokens > 1 and blue_blue > blue_green and blue_blue > base_blue
+
+    tokenizer = AutoTokenizer.from_pretrained(blue.path)
+    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    whole = tokenizer.apply_chat_template([*QUESTION, {"role": "assistant", "content": "blue"}], tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + tokenizer(whole[len(prompt):], add_special_tokens=False)["input_ids"]
+    base, _ = store.load(TINY_MODEL_ID)
+    model = PeftModel.from_pretrained(base, str(blue.path)).eval()
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = sum(float(logprobs[i - 1, ids[i]]) for i in range(len(prompt_ids), len(ids)))
+    assert blue_blue == pytest.approx(expected, abs=1e-3) and tokens == len(ids) - len(prompt_ids)
+    with pytest.raises(InvalidArgument) as empty:
+        generator.score(TINY_MODEL_ID, messages=QUESTION, answer="")
+    assert empty.value.param == "answer"

@@ -278,3 +278,19 @@ async def test_usage_per_model_comes_from_the_completion_log(settings):
     assert usage.prompt_tokens == sum(s.usage.prompt_tokens for s in served) and usage.cost_usd > 0
     assert list(named.usage) == list(mine.usage) and list(later.usage) == []
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(refused.value) == "since"
+
+
+async def test_score_gives_an_answers_log_probability_and_refuses_bad_requests(settings):
+    async with running(DEFINITION, settings) as (_service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        chat = [common_pb2.ChatMessage(role="user", content="Hi")]
+        scored = await stub.Score(inference_pb2.ScoreRequest(model="tiny-llama", messages=chat, answer="Hello"),
+                                  metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await stub.Score(inference_pb2.ScoreRequest(model="tiny-llama", messages=chat), metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.Score(inference_pb2.ScoreRequest(model="gpt-9", messages=chat, answer="x"),
+                             metadata=call_metadata())
+    assert scored.logprob < 0 and scored.tokens > 1
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(empty.value) == "answer"
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
