@@ -63,6 +63,7 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(deployments.router)
     app.include_router(evaluations.router)
+    app.include_router(evaluations.policies)
     app.include_router(tgi.router)
     tgi.install_tgi_errors(app)
     # One span per request: spans for each ASGI message sent or received cost more than they tell.

@@ -179,3 +179,29 @@ class ImportHumanReviewResponse(_message.Message):
     rated: int
     summary: _struct_pb2.Struct
     def __init__(self, rated: _Optional[int] = ..., summary: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class SetGatePolicyRequest(_message.Message):
+    __slots__ = ("deployment", "policy_json")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    policy_json: str
+    def __init__(self, deployment: _Optional[str] = ..., policy_json: _Optional[str] = ...) -> None: ...
+
+class GetGatePolicyRequest(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    def __init__(self, deployment: _Optional[str] = ...) -> None: ...
+
+class GatePolicyResponse(_message.Message):
+    __slots__ = ("deployment", "policy_json", "configured", "updated_at")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    policy_json: str
+    configured: bool
+    updated_at: int
+    def __init__(self, deployment: _Optional[str] = ..., policy_json: _Optional[str] = ..., configured: _Optional[bool] = ..., updated_at: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,16 @@ class EvaluationStub:
                 request_serializer=protos_dot_evaluation__pb2.ImportHumanReviewRequest.SerializeToString,
                 response_deserializer=protos_dot_evaluation__pb2.ImportHumanReviewResponse.FromString,
                 _registered_method=True)
+        self.SetGatePolicy = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/SetGatePolicy',
+                request_serializer=protos_dot_evaluation__pb2.SetGatePolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.GatePolicyResponse.FromString,
+                _registered_method=True)
+        self.GetGatePolicy = channel.unary_unary(
+                '/tuneloop.v1.Evaluation/GetGatePolicy',
+                request_serializer=protos_dot_evaluation__pb2.GetGatePolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_evaluation__pb2.GatePolicyResponse.FromString,
+                _registered_method=True)
 
 
 class EvaluationServicer:
@@ -114,6 +124,19 @@ class EvaluationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetGatePolicy(self, request, context):
+        """The gate policy of a deployment: every evaluation for it that names no policy uses this one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGatePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EvaluationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +169,16 @@ def add_EvaluationServicer_to_server(servicer, server):
                     servicer.ImportHumanReview,
                     request_deserializer=protos_dot_evaluation__pb2.ImportHumanReviewRequest.FromString,
                     response_serializer=protos_dot_evaluation__pb2.ImportHumanReviewResponse.SerializeToString,
+            ),
+            'SetGatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetGatePolicy,
+                    request_deserializer=protos_dot_evaluation__pb2.SetGatePolicyRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.GatePolicyResponse.SerializeToString,
+            ),
+            'GetGatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGatePolicy,
+                    request_deserializer=protos_dot_evaluation__pb2.GetGatePolicyRequest.FromString,
+                    response_serializer=protos_dot_evaluation__pb2.GatePolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +344,60 @@ class Evaluation:
             '/tuneloop.v1.Evaluation/ImportHumanReview',
             protos_dot_evaluation__pb2.ImportHumanReviewRequest.SerializeToString,
             protos_dot_evaluation__pb2.ImportHumanReviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetGatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/SetGatePolicy',
+            protos_dot_evaluation__pb2.SetGatePolicyRequest.SerializeToString,
+            protos_dot_evaluation__pb2.GatePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Evaluation/GetGatePolicy',
+            protos_dot_evaluation__pb2.GetGatePolicyRequest.SerializeToString,
+            protos_dot_evaluation__pb2.GatePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

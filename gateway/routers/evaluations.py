@@ -202,3 +202,35 @@ async def import_ratings(evaluation_id: str, review_id: str, file: UploadFile, c
     response = await call("evaluation", clients.evaluation.ImportHumanReview(evaluation_pb2.ImportHumanReviewRequest(
         evaluation_id=evaluation_id, review_id=review_id, format=fmt, content=content), **clients.options(tenant)))
     return RatingsPublic(review_id=review_id, rated=response.rated, summary=json_format.MessageToDict(response.summary))
+
+
+policies = APIRouter(prefix="/v1/deployments", tags=["evaluations"], responses=ERROR_RESPONSES)
+
+
+class GatePolicyPublic(BaseModel):
+    deployment: str
+    object: Literal["gate_policy"] = "gate_policy"
+    # Every rule's setting; `configured` is false while the defaults apply.
+    policy: dict[str, Any]
+    configured: bool
+    updated_at: int | None
+
+
+def _policy(response: evaluation_pb2.GatePolicyResponse) -> GatePolicyPublic:
+    return GatePolicyPublic(deployment=response.deployment, policy=json.loads(response.policy_json),
+                            configured=response.configured, updated_at=response.updated_at or None)
+
+
+@policies.put("/{name}/gate_policy", response_model=GatePolicyPublic)
+async def set_gate_policy(name: str, body: dict[str, Any], clients: ClientsDep, tenant: TenantDep) -> GatePolicyPublic:
+    """The gate every evaluation for deployment NAME applies (fields left out keep their defaults)."""
+    response = await call("evaluation", clients.evaluation.SetGatePolicy(evaluation_pb2.SetGatePolicyRequest(
+        deployment=name, policy_json=json.dumps(body)), **clients.options(tenant)))
+    return _policy(response)
+
+
+@policies.get("/{name}/gate_policy", response_model=GatePolicyPublic)
+async def get_gate_policy(name: str, clients: ClientsDep, tenant: TenantDep) -> GatePolicyPublic:
+    response = await call("evaluation", clients.evaluation.GetGatePolicy(evaluation_pb2.GetGatePolicyRequest(
+        deployment=name), **clients.options(tenant)))
+    return _policy(response)

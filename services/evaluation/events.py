@@ -7,7 +7,6 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from protos import events_pb2
-from services.evaluation.gate import GatePolicy
 from services.evaluation.metrics import TEXT_METRICS
 from services.evaluation.runs import Runs
 from services.shared.process import Subscription
@@ -22,7 +21,8 @@ def subscriptions(runs: Runs) -> list[Subscription]:
         await runs.enqueue(session, envelope.tenant, candidate=event.model_version, baseline="",
                            deployment=event.deployment, dataset_id=event.dataset_id,
                            dataset_split=event.dataset_split or "validation", file_id="", metrics=list(TEXT_METRICS),
-                           policy=GatePolicy(), idempotency_key=f"training:{event.job_id}", max_tokens=0)
+                           policy=await runs.policy_for(session, envelope.tenant, event.deployment),
+                           idempotency_key=f"training:{event.job_id}", max_tokens=0)
         runs.wake()  # the row commits with the ack, maybe after the worker looked: it looks again every poll_s
 
     return [Subscription(durable="trainings", event_types=[TRAINING_COMPLETED], handler=on_training_completed)]

@@ -85,12 +85,7 @@ class Runs:
         names = check_metric_names([m for m in wanted if m != PERPLEXITY]) or list(TEXT_METRICS)
         if PERPLEXITY in wanted:
             names.append(PERPLEXITY)
-        try:
-            policy = GatePolicy.model_validate_json(policy_json) if policy_json else GatePolicy()
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise InvalidArgument(f"policy: {'.'.join(map(str, first['loc'])) or 'policy'}: {first['msg']}",
-                                  param="policy") from None
+        policy = parse_policy(policy_json) if policy_json else None
         if not 0 <= max_tokens <= self._settings.max_answer_tokens:
             raise InvalidArgument(f"max_tokens must be between 1 and {self._settings.max_answer_tokens}",
                                   param="max_tokens")
@@ -102,6 +97,8 @@ class Runs:
             if model:
                 await self._check_model(tenant, model, param)
         async with self._runtime.db.transaction() as session:
+            if policy is None:
+                policy = await self.policy_for(session, tenant, deployment)
             record = await self.enqueue(session, tenant, candidate=candidate, baseline=baseline, deployment=deployment,
                                         dataset_id=dataset_id, dataset_split=dataset_split or "validation",
                                         file_id=file_id, metrics=names, policy=policy,
@@ -120,6 +117,26 @@ class Runs:
             deployment=deployment, dataset_id=dataset_id, dataset_split=dataset_split, file_id=file_id,
             metrics=json.dumps(metrics), policy=policy.model_dump_json(),
             max_tokens=max_tokens or self._settings.answer_tokens, judge=judge, idempotency_key=idempotency_key or None)
+
+    async def policy_for(self, session, tenant: str, deployment: str) -> GatePolicy:
+        """The deployment's own gate policy, else the default."""
+        found = await store.policy(session, tenant, deployment) if deployment else None
+        return GatePolicy.model_validate_json(found[0]) if found else GatePolicy()
+
+    async def set_policy(self, tenant: str, deployment: str, policy_json: str) -> tuple[GatePolicy, int]:
+        if not deployment:
+            raise InvalidArgument("deployment is required", param="deployment")
+        policy = parse_policy(policy_json or "{}")
+        async with self._runtime.db.transaction() as session:
+            updated = await store.set_policy(session, tenant, deployment, policy.model_dump_json())
+        return policy, updated
+
+    async def get_policy(self, tenant: str, deployment: str) -> tuple[GatePolicy, bool, int]:
+        async with self._runtime.db.transaction() as session:
+            found = await store.policy(session, tenant, deployment)
+        if found is None:
+            return GatePolicy(), False, 0
+        return GatePolicy.model_validate_json(found[0]), True, found[1]
 
     def wake(self) -> None:
         self._wake.set()
@@ -382,6 +399,16 @@ class Runs:
             messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in chat])
         response = await self._call("inference", self._inference.Generate, request, record.tenant)
         return response.text
+
+
+def parse_policy(policy_json: str) -> GatePolicy:
+    """A GatePolicy from JSON, or INVALID_ARGUMENT naming the field at fault."""
+    try:
+        return GatePolicy.model_validate_json(policy_json)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidArgument(f"policy: {'.'.join(map(str, first['loc'])) or 'policy'}: {first['msg']}",
+                              param="policy") from None
 
 
 def _example(line: str, number: int, where: str) -> Example:

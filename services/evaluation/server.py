@@ -55,6 +55,16 @@ class EvaluationServicer(evaluation_pb2_grpc.EvaluationServicer):
             message.human.update(summary)
         return evaluation_pb2.GetEvaluationResponse(evaluation=message)
 
+    async def SetGatePolicy(self, request, context):
+        policy, updated = await self.runs.set_policy(tenant_of(context), request.deployment, request.policy_json)
+        return evaluation_pb2.GatePolicyResponse(deployment=request.deployment, policy_json=policy.model_dump_json(),
+                                                 configured=True, updated_at=updated)
+
+    async def GetGatePolicy(self, request, context):
+        policy, configured, updated = await self.runs.get_policy(tenant_of(context), request.deployment)
+        return evaluation_pb2.GatePolicyResponse(deployment=request.deployment, policy_json=policy.model_dump_json(),
+                                                 configured=configured, updated_at=updated)
+
     async def ExportHumanReview(self, request, context):
         review_id, items, content = await self.runs.export_review(
             tenant_of(context), request.evaluation_id, size=request.size, fmt=request.format, seed=request.seed)

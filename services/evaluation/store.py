@@ -66,6 +66,16 @@ reviews = sa.Table(
 )
 
 
+policies = sa.Table(
+    "evaluation_policies",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("deployment", sa.String(63), primary_key=True),
+    sa.Column("policy", sa.Text, nullable=False),  # JSON GatePolicy
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     id: str
@@ -160,3 +170,21 @@ async def latest_summary(session: AsyncSession, tenant: str, evaluation_id: str)
                                            reviews.c.summary.is_not(None))
         .order_by(reviews.c.imported_at.desc(), reviews.c.id.desc()).limit(1))).first()
     return row[0] if row else None
+
+
+async def policy(session: AsyncSession, tenant: str, deployment: str) -> tuple[str, int] | None:
+    """(policy JSON, updated_at) of a deployment, if it has one of its own."""
+    row = (await session.execute(sa.select(policies.c.policy, policies.c.updated_at).where(
+        policies.c.tenant == tenant, policies.c.deployment == deployment))).first()
+    return (row[0], row[1]) if row else None
+
+
+async def set_policy(session: AsyncSession, tenant: str, deployment: str, policy_json: str) -> int:
+    updated = now()
+    changed = await session.execute(policies.update().where(policies.c.tenant == tenant,
+                                                            policies.c.deployment == deployment)
+                                    .values(policy=policy_json, updated_at=updated))
+    if not changed.rowcount:
+        await session.execute(policies.insert().values(tenant=tenant, deployment=deployment, policy=policy_json,
+                                                       updated_at=updated))
+    return updated

@@ -458,3 +458,32 @@ async def test_asking_for_a_judge_that_is_not_configured_is_refused(tmp_path, da
             await evaluation_pb2_grpc.EvaluationStub(channel).RunEvaluation(evaluation_pb2.RunEvaluationRequest(
                 candidate=TINY_MODEL_ID, file_id="file-x", judge=True), metadata=call_metadata())
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and error_param(refused.value) == "judge"
+
+
+async def test_a_deployments_gate_policy_applies_to_its_evaluations(
+        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+            dataprep, inference, evaluation):
+        file_id = await _upload(dataprep, await _held_out(inference))
+        stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
+        default = await stub.GetGatePolicy(evaluation_pb2.GetGatePolicyRequest(deployment="strict"),
+                                           metadata=call_metadata())
+        stored = await stub.SetGatePolicy(evaluation_pb2.SetGatePolicyRequest(
+            deployment="strict", policy_json='{"min_examples": 100}'), metadata=call_metadata())
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.SetGatePolicy(evaluation_pb2.SetGatePolicyRequest(
+                deployment="strict", policy_json='{"max_slice_drop": -1}'), metadata=call_metadata())
+        other_tenant = await stub.GetGatePolicy(evaluation_pb2.GetGatePolicyRequest(deployment="strict"),
+                                                metadata=call_metadata("other"))
+        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=TINY_MODEL_ID, baseline=OTHER, deployment="strict", file_id=file_id, max_tokens=6),
+            metadata=call_metadata())
+        done = await _finished(stub, started.evaluation.id)
+    assert not default.configured and json.loads(default.policy_json)["min_examples"] == 20
+    assert stored.configured and json.loads(stored.policy_json)["min_examples"] == 100
+    assert json.loads(stored.policy_json)["min_ratio"] == 1.2  # the rest keeps its defaults
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(refused.value) == "policy"
+    assert not other_tenant.configured
+    assert done.status == "completed" and not done.passed  # it would pass the default gate
+    assert [rule["name"] for rule in done.report["verdict"]["rules"] if not rule["passed"]] == ["min_examples"]
+    assert done.report["policy"]["min_examples"] == 100

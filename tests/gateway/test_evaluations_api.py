@@ -165,3 +165,13 @@ def test_the_readme_eval_command_works(stack):
         result = subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True,
                                 timeout=300, cwd=ROOT, env=env)
         assert result.returncode == 1 and "verdict: failed" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_deployments_gate_policy_over_rest(http):
+    assert http.get("/v1/deployments/rest-gate/gate_policy").json()["configured"] is False
+    stored = http.put("/v1/deployments/rest-gate/gate_policy", json={"primary_metric": "token_f1", "min_ratio": 1.5})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["policy"]["primary_metric"] == "token_f1" and stored.json()["configured"] is True
+    assert http.get("/v1/deployments/rest-gate/gate_policy").json()["policy"]["min_ratio"] == 1.5
+    refused = http.put("/v1/deployments/rest-gate/gate_policy", json={"primary_metric": "vibes"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "policy"

@@ -1,4 +1,4 @@
-"""evaluation: side-by-side runs with their verdicts, and human reviews of them
+"""evaluation: side-by-side runs with their verdicts, human reviews of them, and gate policies per deployment
 
 Revision ID: evaluation_0002
 Revises: evaluation_0001
@@ -57,6 +57,16 @@ def upgrade() -> None:
     op.create_index("ix_evaluation_reviews_evaluation", "evaluation_reviews", ["tenant", "evaluation_id", "created_at"])
 
 
+    op.create_table(
+        "evaluation_policies",
+        sa.Column("tenant", sa.String(64), primary_key=True),
+        sa.Column("deployment", sa.String(63), primary_key=True),
+        sa.Column("policy", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.BigInteger, nullable=False),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("evaluation_policies")
     op.drop_table("evaluation_reviews")
     op.drop_table("evaluation_runs")
