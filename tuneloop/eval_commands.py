@@ -194,6 +194,9 @@ def _show(evaluation: dict, rows: list[dict], *, examples: int) -> None:
                               f"{evaluation['intervals'][m][name][1]:.3f}]" for m in models))
     if evaluation["general"]:
         table.add_row("general (agreement with base)", *(f"{evaluation['general'][m]:.3f}" for m in models))
+    if evaluation.get("fix_rate"):
+        fixes = evaluation["fix_rate"]
+        table.add_row(f"fix rate ({int(fixes['corrected'])} corrected prompts)", *(_cell(fixes[m]) for m in models))
     if evaluation.get("perplexity"):
         table.add_row("perplexity (references)", *(_cell(evaluation["perplexity"][m]["perplexity"]) for m in models))
     for question in ("correct", "helpful", "would_trust"):

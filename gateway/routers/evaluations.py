@@ -68,6 +68,9 @@ class EvaluationPublic(BaseModel):
     # Agreement with the base model's answers to general prompts, per model version.
     general: dict[str, float] | None = None
     slices: dict[str, dict[str, float]] | None = None
+    # When examples are marked "corrected" (prompts users corrected): per model the share it now
+    # answers as corrected.
+    fix_rate: dict[str, float] | None = None
     verdict: dict[str, Any] | None = None
     # Is it worth it: the primary metric's gain, what training cost (the job's trained tokens) and
     # what serving costs per 1K tokens (from the completion log).
@@ -116,6 +119,7 @@ class ExamplePublic(BaseModel):
     messages: list[dict[str, str]]
     reference: str
     slice: str
+    corrected: bool = False
     answers: dict[str, str]
     scores: dict[str, dict[str, float]]
 
@@ -141,7 +145,8 @@ def _public(run: evaluation_pb2.EvaluationRun) -> EvaluationPublic:
         if metrics else None,
         intervals={model: {name: (s["low"], s["high"]) for name, s in scored.items()} for model, scored in metrics.items()}
         if metrics else None,
-        general=report.get("general"), slices=report.get("slices"), verdict=report.get("verdict"),
+        general=report.get("general"), slices=report.get("slices"), fix_rate=report.get("fix_rate"),
+        verdict=report.get("verdict"),
         cost=report.get("cost"), judge=report.get("judge"), perplexity=report.get("perplexity"),
         human=json_format.MessageToDict(run.human) if run.human.fields else None,
         error=ErrorPublic(code=run.error_code, message=run.error_message) if run.status == "failed" else None,

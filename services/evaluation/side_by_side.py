@@ -26,6 +26,7 @@ from services.evaluation.judge import summarise_grades
 from services.evaluation.metrics import (
     Scored,
     check_metric_names,
+    exact_match,
     paired_difference,
     score,
     score_pairs,
@@ -45,13 +46,15 @@ class Example:
     messages: tuple[tuple[str, str], ...]  # (role, content): the conversation up to the answer
     reference: str
     slice: str = ""
+    # A prompt a user corrected (the feedback loop marks them): the fix rate counts these.
+    corrected: bool = False
 
     @classmethod
     def from_chat(cls, record: dict[str, Any]) -> Example:
         """A held-out chat example: its last assistant message is the reference."""
         messages = record["messages"]
         return cls(tuple((m["role"], m["content"]) for m in messages[:-1]), messages[-1]["content"],
-                   str(record.get("slice") or ""))
+                   str(record.get("slice") or ""), record.get("corrected") is True)
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -73,6 +76,15 @@ class SideBySide:
     # The judge's grade of each answer of production and the candidate (None: not asked, or unusable).
     grades: dict[str, list[dict[str, Any] | None]] = field(default_factory=dict)
 
+    def fix_rate(self) -> dict[str, Any] | None:
+        """Per model, the share of corrected prompts it answers right (exact match with the correction)."""
+        corrected = [i for i, example in enumerate(self.examples) if example.corrected]
+        if not corrected:
+            return None
+        return {"corrected": len(corrected),
+                **{model: sum(exact_match(answers[i], self.examples[i].reference) for i in corrected) / len(corrected)
+                   for model, answers in self.answers.items()}}
+
     def to_dict(self) -> dict[str, Any]:
         """Everything, as JSON: per model its metrics with intervals, per example every answer and score."""
         return {
@@ -83,10 +95,12 @@ class SideBySide:
             "primary_gain": dict(zip(("value", "low", "high"), self.gain, strict=True)),
             "general": self.general,
             "slices": self.slices,
+            "fix_rate": self.fix_rate(),
             "verdict": self.verdict.to_dict(),
             "judge": {model: summarise_grades(grades) for model, grades in self.grades.items()} or None,
             "examples": [
                 {"messages": example.chat(), "reference": example.reference, "slice": example.slice,
+                 "corrected": example.corrected,
                  "answers": {model: answers[index] for model, answers in self.answers.items()},
                  "scores": {model: {name: s.per_example[index] for name, s in scored.items()}
                             for model, scored in self.scores.items()},

@@ -163,3 +163,19 @@ def test_a_judges_reply_is_read_only_when_it_is_the_asked_for_object(reply, grad
 
     assert parse_grade(reply) == grade
     assert summarise_grades([parse_grade(reply)])["unparsed"] == (grade is None)
+
+
+def test_the_fix_rate_counts_the_corrected_prompts_each_model_now_answers_as_corrected():
+    corrected = [Example((("user", f"Which team handles refund {i}?"),), "billing", corrected=True) for i in range(4)]
+    examples = [*EXAMPLES, *corrected]
+    candidate = {**BASE, **{q: team for q, team, _ in QUESTIONS}, "Which team handles refund 0?": "billing",
+                 "Which team handles refund 1?": "billing", "Which team handles refund 2?": "billing"}
+    result = asyncio.run(run_side_by_side(examples, base="base", production="base", candidate="candidate",
+                                          answer=_answers({"base": BASE, "candidate": candidate}),
+                                          metrics=["exact_match"], policy=POLICY, general_prompts=GENERAL))
+    assert result.fix_rate() == {"corrected": 4, "base": 0.0, "candidate": 0.75}
+    report = result.to_dict()
+    assert report["fix_rate"]["candidate"] == 0.75 and report["examples"][-1]["corrected"] is True
+    assert _run({"base": BASE, "candidate": candidate}).to_dict()["fix_rate"] is None  # no corrected prompts
+    assert Example.from_chat({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                              "corrected": True}).corrected
