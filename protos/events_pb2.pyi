@@ -1,9 +1,10 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -83,20 +84,36 @@ class TrainingFailed(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class EvaluationCompleted(_message.Message):
-    __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "deployment", "passed", "reason")
+    __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "deployment", "passed", "reason", "rules")
     EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
     evaluation_id: str
     candidate_version: str
     baseline_version: str
     deployment: str
     passed: bool
     reason: str
-    def __init__(self, evaluation_id: _Optional[str] = ..., candidate_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., deployment: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    rules: _containers.RepeatedCompositeFieldContainer[GateRule]
+    def __init__(self, evaluation_id: _Optional[str] = ..., candidate_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., deployment: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[GateRule, _Mapping]]] = ...) -> None: ...
+
+class GateRule(_message.Message):
+    __slots__ = ("name", "passed", "measured", "threshold", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    passed: bool
+    measured: float
+    threshold: float
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., passed: _Optional[bool] = ..., measured: _Optional[float] = ..., threshold: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ModelPromoted(_message.Message):
     __slots__ = ("deployment", "model_version", "evaluation_id")

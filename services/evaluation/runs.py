@@ -272,7 +272,10 @@ class Runs:
                 EVALUATION_COMPLETED,
                 events_pb2.EvaluationCompleted(evaluation_id=record.id, candidate_version=record.candidate,
                                                baseline_version=baseline, deployment=record.deployment,
-                                               passed=verdict.passed, reason=verdict.reason),
+                                               passed=verdict.passed, reason=verdict.reason,
+                                               rules=[events_pb2.GateRule(name=r.name, passed=r.passed,
+                                                                          measured=r.measured, threshold=r.threshold,
+                                                                          detail=r.detail) for r in verdict.rules]),
                 source="evaluation", tenant=record.tenant))
         self._runtime.relay.poke()
         log.info("evaluation %s: %s (%s)", record.id, "passed" if verdict.passed else "failed", verdict.reason)

@@ -12,6 +12,7 @@ import re
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import json_format
 
 from protos import (
@@ -135,6 +136,10 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
                 break
             await asyncio.sleep(0.1)
         listed = (await stub.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(), metadata=call_metadata()))
+        runtime = _platform.evaluation.runtime
+        async with runtime.db.transaction() as session:
+            [payload] = (await session.execute(sa.select(runtime.tables.outbox.c.payload))).scalars().all()
+        event = events_pb2.Envelope.FromString(payload).evaluation_completed
         other_tenant = await stub.ListEvaluations(evaluation_pb2.ListEvaluationsRequest(),
                                                   metadata=call_metadata("other"))
     assert done.status == "completed", done.error_message
@@ -148,6 +153,9 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
     assert set(report["examples"][0]["answers"]) == {TINY_MODEL_ID, OTHER}
     assert set(report["slices"]) == {"even", "odd"}
     assert [rule["name"] for rule in report["verdict"]["rules"]][:2] == ["min_examples", "primary_metric"]
+    assert (event.evaluation_id, event.passed, event.deployment) == (done.id, True, "acme-support")
+    assert [rule.name for rule in event.rules] == [rule["name"] for rule in report["verdict"]["rules"]]
+    assert event.rules[1].measured == 1.0 and event.rules[1].passed
     assert deployment.model_version == TINY_MODEL_ID and deployment.previous_version == OTHER
     assert f"evaluation {done.id} passed" in deployment.history[-1].reason
     assert [e.id for e in listed.evaluations] == [done.id] and not listed.evaluations[0].report.fields
