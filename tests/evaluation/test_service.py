@@ -54,6 +54,12 @@ def other_model_dir(tiny_model_dir, tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """For the tests of what the database does not change: PostgreSQL runs the core ones (database_url)."""
+    return f"sqlite:///{tmp_path / 'platform.db'}"
+
+
 @contextlib.asynccontextmanager
 async def _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir, **evaluation_settings):
     """data-prep, training, inference and evaluation, wired to each other; yields their channels."""
@@ -171,8 +177,8 @@ async def test_a_better_candidate_passes_the_gate_and_its_deployment_promotes_it
 
 
 async def test_a_worse_candidate_fails_naming_the_rules_and_production_stays(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
-    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir) as (
             dataprep, inference, evaluation):
         file_id = await _upload(dataprep, await _held_out(inference))
         stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
@@ -215,8 +221,8 @@ async def test_bad_requests_are_refused_naming_the_field_and_store_nothing(
 
 
 async def test_examples_that_are_not_chats_fail_the_evaluation_naming_the_line(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
-    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir) as (
             dataprep, _inference, evaluation):
         good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
         file_id = await _upload(dataprep, [good, {"messages": [{"role": "user", "content": "no answer"}]}])
@@ -298,11 +304,11 @@ async def test_a_finished_training_job_for_a_deployment_is_evaluated_once_on_its
 
 
 async def test_the_human_review_export_is_blind_and_its_ratings_come_back_per_model(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
     import csv
     import io
 
-    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+    async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir) as (
             dataprep, inference, evaluation):
         file_id = await _upload(dataprep, await _held_out(inference))
         stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
@@ -365,7 +371,7 @@ async def test_the_human_review_export_is_blind_and_its_ratings_come_back_per_mo
 
 
 async def test_a_fine_tuned_candidate_is_judged_against_its_base_with_what_its_training_cost(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
     """The candidate's base model comes from the registry, and the cost report from its job."""
     from services.shared.models import ModelStore
     from services.shared.settings import Settings
@@ -384,7 +390,7 @@ async def test_a_fine_tuned_candidate_is_judged_against_its_base_with_what_its_t
     adapter = trainer.train().adapter_dir
     job_id = "ftjob-0123456789abcdef01234567"
     model_id = f"ft:{TINY_MODEL_ID}:acme:x:{job_id}"
-    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir,
+    async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir,
                          training_price_per_1k_tokens=2.0) as (dataprep, inference, evaluation):
         async with _platform.training.runtime.db.transaction() as session:
             await training_store.add_job(session, training_store.JobRecord(
@@ -418,7 +424,7 @@ def _fake_judge(messages: list[dict], model: str) -> str:
 
 
 async def test_a_judge_model_grades_the_answers_and_its_agreement_with_experts_is_reported(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
     """The judge is a FAKE OpenAI-compatible server (a hosted judge cannot run here) on real HTTP."""
     import csv
     import io
@@ -426,7 +432,7 @@ async def test_a_judge_model_grades_the_answers_and_its_agreement_with_experts_i
     from tests.fixtures.fake_openai import fake_openai_server
 
     with fake_openai_server(_fake_judge) as judge_url:
-        async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir,
+        async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir,
                              judge_base_url=judge_url, judge_model="teacher-1", judge_api_key="teacher-key") as (
                 dataprep, inference, evaluation):
             file_id = await _upload(dataprep, await _held_out(inference))
@@ -469,8 +475,8 @@ async def test_asking_for_a_judge_that_is_not_configured_is_refused(tmp_path, da
 
 
 async def test_a_deployments_gate_policy_applies_to_its_evaluations(
-        tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir):
-    async with _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_model_dir) as (
+        tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
+    async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir) as (
             dataprep, inference, evaluation):
         file_id = await _upload(dataprep, await _held_out(inference))
         stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
