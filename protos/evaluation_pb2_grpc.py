@@ -132,7 +132,8 @@ class EvaluationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetGatePolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A deployment's gate policy: its own, or the default one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
