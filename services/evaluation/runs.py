@@ -228,6 +228,7 @@ class Runs:
 
     async def _run(self, record: store.EvaluationRecord) -> None:
         started_at = store.now()
+        latest = {"done": 0, "total": 0}  # answers received, of how many
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.RUNNING)
         try:
@@ -236,12 +237,16 @@ class Runs:
             async with self._runtime.db.transaction() as session:
                 await store.update(session, record.id, base_model=base, baseline=baseline)
             last_saved = 0.0
+            saving: set[asyncio.Task] = set()  # held, so a pending write is not garbage-collected
 
             def progress(done: int, total: int) -> None:
                 nonlocal last_saved
+                latest.update(done=done, total=total)
                 if done == total or time.monotonic() - last_saved > 1:
                     last_saved = time.monotonic()
-                    asyncio.ensure_future(self._progress(record.id, done, total))
+                    task = asyncio.ensure_future(self._progress(record.id, done, total))
+                    saving.add(task)
+                    task.add_done_callback(saving.discard)
 
             metrics = json.loads(record.metrics)
             result = await run_side_by_side(
@@ -251,6 +256,7 @@ class Runs:
                 policy=GatePolicy.model_validate_json(record.policy), concurrency=self._settings.concurrency,
                 progress=progress, grade=self._grade if record.judge else None)
             perplexity = (await self._perplexity(record, result) if PERPLEXITY in metrics else None)
+            await asyncio.gather(*saving, return_exceptions=True)  # no late write undoes the last one
         except EvaluationFailed as failure:
             await self._fail(record, failure.code, failure.message)
             return
@@ -267,7 +273,8 @@ class Runs:
         report["perplexity"] = perplexity
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.COMPLETED, completed_at=store.now(),
-                               passed=verdict.passed, reason=verdict.reason, report=json.dumps(report))
+                               passed=verdict.passed, reason=verdict.reason, report=json.dumps(report),
+                               progress_done=latest["done"], progress_total=latest["total"])
             await add_to_outbox(session, self._runtime.tables, new_envelope(
                 EVALUATION_COMPLETED,
                 events_pb2.EvaluationCompleted(evaluation_id=record.id, candidate_version=record.candidate,
