@@ -7,8 +7,9 @@ import time
 import grpc
 import psutil
 import pytest
+import sqlalchemy as sa
 
-from protos import dataprep_pb2, dataprep_pb2_grpc, training_pb2, training_pb2_grpc
+from protos import dataprep_pb2, dataprep_pb2_grpc, events_pb2, training_pb2, training_pb2_grpc
 from services.dataprep.server import DEFINITION as DATAPREP
 from services.training.server import DEFINITION
 from tests.fixtures.services import call_metadata, error_param, running, service_settings
@@ -198,7 +199,8 @@ async def test_a_qlora_job_trains_on_a_4bit_base_where_the_operator_allows_it_on
             hp = training_pb2.Hyperparameters()
             hp.n_epochs.number = 1
             request = training_pb2.CreateJobRequest(model=TINY_MODEL_ID, training_file=file_id, hyperparameters=hp,
-                                                    suffix="q", method=training_pb2.Method(type="qlora"))
+                                                    suffix="q", method=training_pb2.Method(type="qlora"),
+                                                    metadata={"deployment": "acme-support"})
             if not allowed:
                 with pytest.raises(grpc.aio.AioRpcError) as error:
                     await stub.CreateJob(request, metadata=call_metadata())
@@ -211,6 +213,15 @@ async def test_a_qlora_job_trains_on_a_4bit_base_where_the_operator_allows_it_on
                 return current.status in TERMINAL
 
             done = await _wait_for(stub, job.id, finished)
+            runtime = _service.runtime
+            async with runtime.db.transaction() as session:
+                payloads = (await session.execute(sa.select(runtime.tables.outbox.c.payload).where(
+                    runtime.tables.outbox.c.event_type == "training.completed"))).scalars().all()
     assert done.status == "succeeded", done.error
+    # for the evaluation service: the deployment it is for and the examples it held out
+    [completed] = [events_pb2.Envelope.FromString(payload).training_completed for payload in payloads]
+    assert (completed.job_id, completed.model_version, completed.deployment) == (job.id, done.fine_tuned_model,
+                                                                                 "acme-support")
+    assert (completed.dataset_id, completed.dataset_split) == (done.validation_dataset, "validation")
     manifest = json.loads((training_settings.models_path / "adapters" / job.id / "tuneloop-adapter.json").read_text())
     assert (manifest["kind"], manifest["method"], manifest["base_model"]) == ("lora", "qlora", TINY_MODEL_ID)
