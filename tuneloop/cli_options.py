@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -20,3 +22,16 @@ def open_api(console: Console, url: str | None, api_key: str | None) -> Api:
     except ApiError as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def gateway(console: Console, url: str | None, api_key: str | None) -> Iterator[Api]:
+    """The gateway's API for a command: a failed call is printed and exits 2; the client is closed."""
+    api = open_api(console, url, api_key)
+    try:
+        yield api
+    except ApiError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        api.close()

@@ -9,8 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop.api import Api, ApiError
-from tuneloop.cli_options import KeyOption, UrlOption
+from tuneloop.cli_options import KeyOption, UrlOption, gateway
 
 app = typer.Typer(help="Deployments: the names clients call, and which model version answers them.",
                   no_args_is_help=True)
@@ -19,11 +18,8 @@ console = Console()
 
 
 def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs) -> dict:
-    try:
-        return Api(url, api_key).request(method, path, **kwargs).json()
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+    with gateway(console, url, api_key) as api:
+        return api.request(method, path, **kwargs).json()
 
 
 def _show(deployment: dict) -> None:

@@ -11,17 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuneloop.api import Api, ApiError
-from tuneloop.cli_options import KeyOption, UrlOption, open_api
+from tuneloop.api import Api
+from tuneloop.cli_options import KeyOption, UrlOption, gateway
 
 app = typer.Typer(help="Evaluations: does a candidate beat production on held-out data?", no_args_is_help=True)
 console = Console()
 
 POLL_S = 0.5
-
-
-def _api(url: str | None, api_key: str | None) -> Api:
-    return open_api(console, url, api_key)
 
 
 @app.command("run")
@@ -43,8 +39,7 @@ def run(
     if (file is None) == (dataset is None):
         console.print("[red]give exactly one of --file and --dataset[/red]")
         raise typer.Exit(2)
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         body = {"candidate": candidate, "baseline": baseline, "deployment": deployment, "metrics": metric or [],
                 "judge": judge}
         if file is not None:
@@ -57,11 +52,6 @@ def run(
         if wait:
             evaluation = _wait(api, evaluation["id"])
             _show(evaluation, api.get(f"/v1/evaluations/{evaluation['id']}/examples")["data"], examples=3)
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     if wait and not (evaluation.get("verdict") or {}).get("passed"):
         raise typer.Exit(1)
 
@@ -83,29 +73,17 @@ def _wait(api: Api, evaluation_id: str) -> dict:
 def show(evaluation_id: str, examples: Annotated[int, typer.Option(help="Examples to print side by side")] = 5,
          url: UrlOption = None, api_key: KeyOption = None) -> None:
     """An evaluation: metrics side by side, the verdict's rules, and a few examples."""
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         evaluation = api.get(f"/v1/evaluations/{evaluation_id}")
         rows = api.get(f"/v1/evaluations/{evaluation_id}/examples")["data"] if evaluation["metrics"] else []
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     _show(evaluation, rows, examples=examples)
 
 
 @app.command("list")
 def list_evaluations(url: UrlOption = None, api_key: KeyOption = None) -> None:
     """The latest evaluations."""
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         data = api.get("/v1/evaluations")["data"]
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     table = Table("id", "status", "candidate", "baseline", "deployment", "verdict")
     for evaluation in data:
         verdict = evaluation["verdict"]
@@ -125,15 +103,9 @@ def export(
     api_key: KeyOption = None,
 ) -> None:
     """Write a blind human review of EVALUATION_ID: answers shuffled and unlabelled, columns to rate."""
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         review = api.post(f"/v1/evaluations/{evaluation_id}/human_reviews",
                           json={"size": size, "format": fmt, "seed": seed})
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
     out.write_text(review["content"], encoding="utf-8")
     console.print(f"review [bold]{review['id']}[/bold]: {review['items']} items written to {out}; fill in correct, "
                   f"helpful (1-5), would_trust and preferred, then: tuneloop eval import {evaluation_id} "
@@ -149,16 +121,9 @@ def import_ratings(
     api_key: KeyOption = None,
 ) -> None:
     """Send the experts' ratings of REVIEW_ID and print them per model beside the automatic metric."""
-    api = _api(url, api_key)
-    try:
-        with open(file, "rb") as handle:
-            result = api.post(f"/v1/evaluations/{evaluation_id}/human_reviews/{review_id}/ratings",
-                              files={"file": (file.name, handle)})
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
-    finally:
-        api.close()
+    with gateway(console, url, api_key) as api, open(file, "rb") as handle:
+        result = api.post(f"/v1/evaluations/{evaluation_id}/human_reviews/{review_id}/ratings",
+                          files={"file": (file.name, handle)})
     _show_human(result["summary"])
 
 

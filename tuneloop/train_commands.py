@@ -11,18 +11,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tuneloop.api import Api, ApiError
-from tuneloop.cli_options import KeyOption, UrlOption, open_api
+from tuneloop.api import Api
+from tuneloop.cli_options import KeyOption, UrlOption, gateway
 
 app = typer.Typer(help="Fine-tuning jobs: create, list, follow, pause, resume, cancel.", no_args_is_help=True)
 console = Console()
 FINISHED = ("succeeded", "failed", "cancelled")
 METHODS = ("supervised", "dpo", "full", "qlora", "distillation")
 
-
-
-def _api(url: str | None, api_key: str | None) -> Api:
-    return open_api(console, url, api_key)
 
 
 @app.command("create")
@@ -49,8 +45,7 @@ def create(
     if method not in METHODS:
         console.print(f"[red]--method {method!r}: use one of {', '.join(METHODS)}[/red]")
         raise typer.Exit(2)
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         with console.status(f"uploading {file.name}"):
             training_file = api.upload(file)["id"]
             validation = api.upload(validation_file)["id"] if validation_file else None
@@ -68,9 +63,6 @@ def create(
         console.print(f"created [bold]{job['id']}[/bold] ({job['status']})")
         if follow:
             job = _follow(api, job["id"])
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
     if job["status"] in ("failed", "cancelled"):
         raise typer.Exit(1)
 
@@ -117,12 +109,8 @@ def _follow(api: Api, job_id: str) -> dict:
 @app.command("list")
 def list_jobs(limit: int = 20, url: UrlOption = None, api_key: KeyOption = None) -> None:
     """List fine-tuning jobs, newest first."""
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         jobs = api.get("/v1/fine_tuning/jobs", params={"limit": limit})["data"]
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
     table = Table()
     for column in ("id", "status", "model", "fine-tuned model", "created"):
         table.add_column(column)
@@ -140,9 +128,8 @@ def events(
     api_key: KeyOption = None,
 ) -> None:
     """Print a job's events, oldest first."""
-    api = _api(url, api_key)
     seen: set[str] = set()
-    try:
+    with gateway(console, url, api_key) as api:
         while True:
             batch = api.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100})["data"]
             for event in reversed(batch):
@@ -154,18 +141,11 @@ def events(
             if not follow or api.get(f"/v1/fine_tuning/jobs/{job_id}")["status"] in FINISHED:
                 break
             time.sleep(1)
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
 
 
 def _change(verb: str, job_id: str, url: str | None, api_key: str | None) -> None:
-    api = _api(url, api_key)
-    try:
+    with gateway(console, url, api_key) as api:
         job = api.post(f"/v1/fine_tuning/jobs/{job_id}/{verb}")
-    except ApiError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
     console.print(f"{job['id']}: {job['status']}")
 
 
