@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/events.proto\x12\x0btuneloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"p\n\x0f\x44\x61tasetPrepared\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x1b\n\x13validation_examples\x18\x04 \x01(\x03\"_\n\x11TrainingRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\"\x88\x01\n\x10TrainingProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x03\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x12\n\nvalid_loss\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\"\x8d\x01\n\x11TrainingCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x15\n\rdataset_split\x18\x06 \x01(\t\"?\n\x0eTrainingFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\xbb\x01\n\x13\x45valuationCompleted\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12$\n\x05rules\x18\x07 \x03(\x0b\x32\x15.tuneloop.v1.GateRule\"]\n\x08GateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x10\n\x08measured\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"Q\n\rModelPromoted\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\revaluation_id\x18\x03 \x01(\t\"m\n\rModelDeployed\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x17\n\x0ftraffic_percent\x18\x04 \x01(\x05\"_\n\x0fModelRolledBack\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"w\n\x10RetrainRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03\x12\x0f\n\x07trigger\x18\x05 \x01(\t\"\xf2\x05\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12(\n\x05trace\x18\x06 \x01(\x0b\x32\x19.tuneloop.v1.TraceContext\x12\x38\n\x10\x64\x61taset_prepared\x18\n \x01(\x0b\x32\x1c.tuneloop.v1.DatasetPreparedH\x00\x12<\n\x12training_requested\x18\x0b \x01(\x0b\x32\x1e.tuneloop.v1.TrainingRequestedH\x00\x12:\n\x11training_progress\x18\x0c \x01(\x0b\x32\x1d.tuneloop.v1.TrainingProgressH\x00\x12<\n\x12training_completed\x18\r \x01(\x0b\x32\x1e.tuneloop.v1.TrainingCompletedH\x00\x12\x36\n\x0ftraining_failed\x18\x0e \x01(\x0b\x32\x1b.tuneloop.v1.TrainingFailedH\x00\x12@\n\x14\x65valuation_completed\x18\x0f \x01(\x0b\x32 .tuneloop.v1.EvaluationCompletedH\x00\x12\x34\n\x0emodel_promoted\x18\x10 \x01(\x0b\x32\x1a.tuneloop.v1.ModelPromotedH\x00\x12\x34\n\x0emodel_deployed\x18\x11 \x01(\x0b\x32\x1a.tuneloop.v1.ModelDeployedH\x00\x12\x39\n\x11model_rolled_back\x18\x12 \x01(\x0b\x32\x1c.tuneloop.v1.ModelRolledBackH\x00\x12:\n\x11retrain_requested\x18\x13 \x01(\x0b\x32\x1d.tuneloop.v1.RetrainRequestedH\x00\x42\t\n\x07payloadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/events.proto\x12\x0btuneloop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0cTraceContext\x12\x13\n\x0btraceparent\x18\x01 \x01(\t\x12\x12\n\ntracestate\x18\x02 \x01(\t\"\xec\x01\n\x0f\x44\x61tasetPrepared\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x16\n\x0etrain_examples\x18\x03 \x01(\x03\x12\x1b\n\x13validation_examples\x18\x04 \x01(\x03\x12\x0f\n\x07\x66ile_id\x18\x05 \x01(\t\x12\x12\n\ndeployment\x18\x06 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x07 \x01(\t\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\x12\x12\n\nbase_model\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\"\x93\x01\n\x11TrainingRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x05 \x01(\t\x12\x16\n\x0eparent_version\x18\x06 \x01(\t\"\x88\x01\n\x10TrainingProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x03\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x12\n\nvalid_loss\x18\x05 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x06 \x01(\x01\"\xc1\x01\n\x11TrainingCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x12\n\ndataset_id\x18\x05 \x01(\t\x12\x15\n\rdataset_split\x18\x06 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x07 \x01(\t\x12\x16\n\x0eparent_version\x18\x08 \x01(\t\"o\n\x0eTrainingFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x05 \x01(\t\"\xbb\x01\n\x13\x45valuationCompleted\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x12\n\ndeployment\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12$\n\x05rules\x18\x07 \x03(\x0b\x32\x15.tuneloop.v1.GateRule\"]\n\x08GateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\x10\n\x08measured\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"Q\n\rModelPromoted\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\revaluation_id\x18\x03 \x01(\t\"m\n\rModelDeployed\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x18\n\x10previous_version\x18\x03 \x01(\t\x12\x17\n\x0ftraffic_percent\x18\x04 \x01(\x05\"_\n\x0fModelRolledBack\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x9e\x01\n\x10RetrainRequested\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03\x12\x0f\n\x07trigger\x18\x05 \x01(\t\x12\x12\n\nbase_model\x18\x06 \x01(\t\x12\x11\n\tpositives\x18\x07 \x01(\x03\"\xf2\x05\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12(\n\x05trace\x18\x06 \x01(\x0b\x32\x19.tuneloop.v1.TraceContext\x12\x38\n\x10\x64\x61taset_prepared\x18\n \x01(\x0b\x32\x1c.tuneloop.v1.DatasetPreparedH\x00\x12<\n\x12training_requested\x18\x0b \x01(\x0b\x32\x1e.tuneloop.v1.TrainingRequestedH\x00\x12:\n\x11training_progress\x18\x0c \x01(\x0b\x32\x1d.tuneloop.v1.TrainingProgressH\x00\x12<\n\x12training_completed\x18\r \x01(\x0b\x32\x1e.tuneloop.v1.TrainingCompletedH\x00\x12\x36\n\x0ftraining_failed\x18\x0e \x01(\x0b\x32\x1b.tuneloop.v1.TrainingFailedH\x00\x12@\n\x14\x65valuation_completed\x18\x0f \x01(\x0b\x32 .tuneloop.v1.EvaluationCompletedH\x00\x12\x34\n\x0emodel_promoted\x18\x10 \x01(\x0b\x32\x1a.tuneloop.v1.ModelPromotedH\x00\x12\x34\n\x0emodel_deployed\x18\x11 \x01(\x0b\x32\x1a.tuneloop.v1.ModelDeployedH\x00\x12\x39\n\x11model_rolled_back\x18\x12 \x01(\x0b\x32\x1c.tuneloop.v1.ModelRolledBackH\x00\x12:\n\x11retrain_requested\x18\x13 \x01(\x0b\x32\x1d.tuneloop.v1.RetrainRequestedH\x00\x42\t\n\x07payloadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRACECONTEXT']._serialized_start=69
   _globals['_TRACECONTEXT']._serialized_end=124
-  _globals['_DATASETPREPARED']._serialized_start=126
-  _globals['_DATASETPREPARED']._serialized_end=238
-  _globals['_TRAININGREQUESTED']._serialized_start=240
-  _globals['_TRAININGREQUESTED']._serialized_end=335
-  _globals['_TRAININGPROGRESS']._serialized_start=338
-  _globals['_TRAININGPROGRESS']._serialized_end=474
-  _globals['_TRAININGCOMPLETED']._serialized_start=477
-  _globals['_TRAININGCOMPLETED']._serialized_end=618
-  _globals['_TRAININGFAILED']._serialized_start=620
-  _globals['_TRAININGFAILED']._serialized_end=683
-  _globals['_EVALUATIONCOMPLETED']._serialized_start=686
-  _globals['_EVALUATIONCOMPLETED']._serialized_end=873
-  _globals['_GATERULE']._serialized_start=875
-  _globals['_GATERULE']._serialized_end=968
-  _globals['_MODELPROMOTED']._serialized_start=970
-  _globals['_MODELPROMOTED']._serialized_end=1051
-  _globals['_MODELDEPLOYED']._serialized_start=1053
-  _globals['_MODELDEPLOYED']._serialized_end=1162
-  _globals['_MODELROLLEDBACK']._serialized_start=1164
-  _globals['_MODELROLLEDBACK']._serialized_end=1259
-  _globals['_RETRAINREQUESTED']._serialized_start=1261
-  _globals['_RETRAINREQUESTED']._serialized_end=1380
-  _globals['_ENVELOPE']._serialized_start=1383
-  _globals['_ENVELOPE']._serialized_end=2137
+  _globals['_DATASETPREPARED']._serialized_start=127
+  _globals['_DATASETPREPARED']._serialized_end=363
+  _globals['_TRAININGREQUESTED']._serialized_start=366
+  _globals['_TRAININGREQUESTED']._serialized_end=513
+  _globals['_TRAININGPROGRESS']._serialized_start=516
+  _globals['_TRAININGPROGRESS']._serialized_end=652
+  _globals['_TRAININGCOMPLETED']._serialized_start=655
+  _globals['_TRAININGCOMPLETED']._serialized_end=848
+  _globals['_TRAININGFAILED']._serialized_start=850
+  _globals['_TRAININGFAILED']._serialized_end=961
+  _globals['_EVALUATIONCOMPLETED']._serialized_start=964
+  _globals['_EVALUATIONCOMPLETED']._serialized_end=1151
+  _globals['_GATERULE']._serialized_start=1153
+  _globals['_GATERULE']._serialized_end=1246
+  _globals['_MODELPROMOTED']._serialized_start=1248
+  _globals['_MODELPROMOTED']._serialized_end=1329
+  _globals['_MODELDEPLOYED']._serialized_start=1331
+  _globals['_MODELDEPLOYED']._serialized_end=1440
+  _globals['_MODELROLLEDBACK']._serialized_start=1442
+  _globals['_MODELROLLEDBACK']._serialized_end=1537
+  _globals['_RETRAINREQUESTED']._serialized_start=1540
+  _globals['_RETRAINREQUESTED']._serialized_end=1698
+  _globals['_ENVELOPE']._serialized_start=1701
+  _globals['_ENVELOPE']._serialized_end=2455
 # @@protoc_insertion_point(module_scope)

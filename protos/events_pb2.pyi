@@ -18,28 +18,44 @@ class TraceContext(_message.Message):
     def __init__(self, traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class DatasetPrepared(_message.Message):
-    __slots__ = ("dataset_id", "content_hash", "train_examples", "validation_examples")
+    __slots__ = ("dataset_id", "content_hash", "train_examples", "validation_examples", "file_id", "deployment", "retrain_request_id", "parent_version", "base_model", "error")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     TRAIN_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FILE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     content_hash: str
     train_examples: int
     validation_examples: int
-    def __init__(self, dataset_id: _Optional[str] = ..., content_hash: _Optional[str] = ..., train_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ...) -> None: ...
+    file_id: str
+    deployment: str
+    retrain_request_id: str
+    parent_version: str
+    base_model: str
+    error: str
+    def __init__(self, dataset_id: _Optional[str] = ..., content_hash: _Optional[str] = ..., train_examples: _Optional[int] = ..., validation_examples: _Optional[int] = ..., file_id: _Optional[str] = ..., deployment: _Optional[str] = ..., retrain_request_id: _Optional[str] = ..., parent_version: _Optional[str] = ..., base_model: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class TrainingRequested(_message.Message):
-    __slots__ = ("job_id", "base_model", "dataset_id", "deployment")
+    __slots__ = ("job_id", "base_model", "dataset_id", "deployment", "retrain_request_id", "parent_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     base_model: str
     dataset_id: str
     deployment: str
-    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., deployment: _Optional[str] = ...) -> None: ...
+    retrain_request_id: str
+    parent_version: str
+    def __init__(self, job_id: _Optional[str] = ..., base_model: _Optional[str] = ..., dataset_id: _Optional[str] = ..., deployment: _Optional[str] = ..., retrain_request_id: _Optional[str] = ..., parent_version: _Optional[str] = ...) -> None: ...
 
 class TrainingProgress(_message.Message):
     __slots__ = ("job_id", "step", "total_steps", "train_loss", "valid_loss", "tokens_per_second")
@@ -58,30 +74,38 @@ class TrainingProgress(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., train_loss: _Optional[float] = ..., valid_loss: _Optional[float] = ..., tokens_per_second: _Optional[float] = ...) -> None: ...
 
 class TrainingCompleted(_message.Message):
-    __slots__ = ("job_id", "model_version", "base_model", "deployment", "dataset_id", "dataset_split")
+    __slots__ = ("job_id", "model_version", "base_model", "deployment", "dataset_id", "dataset_split", "retrain_request_id", "parent_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model_version: str
     base_model: str
     deployment: str
     dataset_id: str
     dataset_split: str
-    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., dataset_split: _Optional[str] = ...) -> None: ...
+    retrain_request_id: str
+    parent_version: str
+    def __init__(self, job_id: _Optional[str] = ..., model_version: _Optional[str] = ..., base_model: _Optional[str] = ..., deployment: _Optional[str] = ..., dataset_id: _Optional[str] = ..., dataset_split: _Optional[str] = ..., retrain_request_id: _Optional[str] = ..., parent_version: _Optional[str] = ...) -> None: ...
 
 class TrainingFailed(_message.Message):
-    __slots__ = ("job_id", "code", "message")
+    __slots__ = ("job_id", "code", "message", "deployment", "retrain_request_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     code: str
     message: str
-    def __init__(self, job_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    deployment: str
+    retrain_request_id: str
+    def __init__(self, job_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., deployment: _Optional[str] = ..., retrain_request_id: _Optional[str] = ...) -> None: ...
 
 class EvaluationCompleted(_message.Message):
     __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "deployment", "passed", "reason", "rules")
@@ -150,18 +174,22 @@ class ModelRolledBack(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., from_version: _Optional[str] = ..., to_version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RetrainRequested(_message.Message):
-    __slots__ = ("request_id", "deployment", "model_version", "corrections", "trigger")
+    __slots__ = ("request_id", "deployment", "model_version", "corrections", "trigger", "base_model", "positives")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
     TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     deployment: str
     model_version: str
     corrections: int
     trigger: str
-    def __init__(self, request_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model_version: _Optional[str] = ..., corrections: _Optional[int] = ..., trigger: _Optional[str] = ...) -> None: ...
+    base_model: str
+    positives: int
+    def __init__(self, request_id: _Optional[str] = ..., deployment: _Optional[str] = ..., model_version: _Optional[str] = ..., corrections: _Optional[int] = ..., trigger: _Optional[str] = ..., base_model: _Optional[str] = ..., positives: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("id", "type", "time", "source", "tenant", "trace", "dataset_prepared", "training_requested", "training_progress", "training_completed", "training_failed", "evaluation_completed", "model_promoted", "model_deployed", "model_rolled_back", "retrain_requested")

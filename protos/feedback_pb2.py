@@ -22,25 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/feedback.proto\x12\x0btuneloop.v1\"\xae\x01\n\x15SubmitFeedbackRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x06rating\x18\x03 \x01(\x0e\x32\x13.tuneloop.v1.Rating\x12\x12\n\ncorrection\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"R\n\x16SubmitFeedbackResponse\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"(\n\x17GetFeedbackStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x18GetFeedbackStatsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tthumbs_up\x18\x02 \x01(\x03\x12\x13\n\x0bthumbs_down\x18\x03 \x01(\x03\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03*@\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\r\n\tRATING_UP\x10\x01\x12\x0f\n\x0bRATING_DOWN\x10\x02\x32\xc6\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12Y\n\x0eSubmitFeedback\x12\".tuneloop.v1.SubmitFeedbackRequest\x1a#.tuneloop.v1.SubmitFeedbackResponse\x12_\n\x10GetFeedbackStats\x12$.tuneloop.v1.GetFeedbackStatsRequest\x1a%.tuneloop.v1.GetFeedbackStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/feedback.proto\x12\x0btuneloop.v1\x1a\x13protos/common.proto\"\xae\x01\n\x15SubmitFeedbackRequest\x12\x15\n\rcompletion_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x06rating\x18\x03 \x01(\x0e\x32\x13.tuneloop.v1.Rating\x12\x12\n\ncorrection\x18\x04 \x01(\t\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\"\xa9\x01\n\x16SubmitFeedbackResponse\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x12\n\ndeployment\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x07 \x01(\t\"(\n\x17GetFeedbackStatsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x18GetFeedbackStatsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tthumbs_up\x18\x02 \x01(\x03\x12\x13\n\x0bthumbs_down\x18\x03 \x01(\x03\x12\x13\n\x0b\x63orrections\x18\x04 \x01(\x03\"\xc9\x02\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rcompletion_id\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12#\n\x06rating\x18\x05 \x01(\x0e\x32\x13.tuneloop.v1.Rating\x12\x12\n\ncorrection\x18\x06 \x01(\t\x12\x0f\n\x07\x63omment\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x03\x12\x0e\n\x06status\x18\n \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x0b \x01(\t\x12\x19\n\x11quarantine_reason\x18\x0c \x01(\t\x12(\n\x06prompt\x18\r \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06\x61nswer\x18\x0e \x01(\t\"s\n\x13ListFeedbackRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x1a\n\x12retrain_request_id\x18\x03 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"R\n\x14ListFeedbackResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.tuneloop.v1.FeedbackItem\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"Q\n\x15\x45xportFeedbackRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x14\n\x0cpending_only\x18\x03 \x01(\x08\"&\n\x16\x45xportFeedbackResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"4\n\x16GetRetrainBatchRequest\x12\x1a\n\x12retrain_request_id\x18\x01 \x01(\t\"\x8d\x01\n\x0eRetrainExample\x12\x13\n\x0b\x66\x65\x65\x64\x62\x61\x63k_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12(\n\x06prompt\x18\x03 \x03(\x0b\x32\x18.tuneloop.v1.ChatMessage\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x10\n\x08rejected\x18\x05 \x01(\t\x12\x0c\n\x04user\x18\x06 \x01(\t\"\xa3\x01\n\x17GetRetrainBatchResponse\x12\x1a\n\x12retrain_request_id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12-\n\x08\x65xamples\x18\x05 \x03(\x0b\x32\x1b.tuneloop.v1.RetrainExample\"\xbe\x04\n\nLoopPolicy\x12\x16\n\tthreshold\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\ncooldown_s\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x1b\n\x0emax_user_share\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12&\n\x19user_corrections_per_hour\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12%\n\x18near_duplicate_threshold\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0c\x64rift_window\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1e\n\x11\x64rift_min_up_rate\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1d\n\x10\x64rift_rollback_s\x18\x08 \x01(\x03H\x07\x88\x01\x01\x12\x1f\n\x12retrain_every_days\x18\t \x01(\x01H\x08\x88\x01\x01\x12 \n\x13positives_per_batch\x18\n \x01(\x05H\t\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x0b \x01(\x08H\n\x88\x01\x01\x42\x0c\n\n_thresholdB\r\n\x0b_cooldown_sB\x11\n\x0f_max_user_shareB\x1c\n\x1a_user_corrections_per_hourB\x1b\n\x19_near_duplicate_thresholdB\x0f\n\r_drift_windowB\x14\n\x12_drift_min_up_rateB\x13\n\x11_drift_rollback_sB\x15\n\x13_retrain_every_daysB\x16\n\x14_positives_per_batchB\n\n\x08_enabled\"S\n\x14SetLoopPolicyRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\'\n\x06policy\x18\x02 \x01(\x0b\x32\x17.tuneloop.v1.LoopPolicy\"*\n\x14GetLoopPolicyRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\"a\n\x12LoopPolicyResponse\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\'\n\x06policy\x18\x02 \x01(\x0b\x32\x17.tuneloop.v1.LoopPolicy\x12\x0e\n\x06\x63ustom\x18\x03 \x01(\x08\"\xd1\x02\n\tLoopCycle\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x10\n\x08\x66inished\x18\x05 \x01(\x08\x12\x12\n\ncreated_at\x18\x06 \x01(\x03\x12\x12\n\nupdated_at\x18\x07 \x01(\x03\x12\x15\n\rmodel_version\x18\x08 \x01(\t\x12\x13\n\x0b\x63orrections\x18\t \x01(\x03\x12\x11\n\tpositives\x18\n \x01(\x03\x12\x12\n\ndataset_id\x18\x0b \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x0c \x01(\t\x12\x0e\n\x06job_id\x18\r \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x0e \x01(\t\x12\x15\n\revaluation_id\x18\x0f \x01(\t\x12\x0e\n\x06reason\x18\x10 \x01(\t\x12\x14\n\x0c\x66\x65\x65\x64\x62\x61\x63k_ids\x18\x11 \x03(\t\"O\n\tUserShare\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x10\n\x08\x65ligible\x18\x03 \x01(\x03\x12\x11\n\theld_back\x18\x04 \x01(\x03\"3\n\x0eGetLoopRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xe9\x02\n\x0fGetLoopResponse\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\'\n\x06policy\x18\x02 \x01(\x0b\x32\x17.tuneloop.v1.LoopPolicy\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1b\n\x13pending_corrections\x18\x04 \x01(\x03\x12\x1c\n\x14\x65ligible_corrections\x18\x05 \x01(\x03\x12\x11\n\theld_back\x18\x06 \x01(\x03\x12\x13\n\x0bquarantined\x18\x07 \x01(\x03\x12%\n\x05users\x18\x08 \x03(\x0b\x32\x16.tuneloop.v1.UserShare\x12\'\n\x07\x63urrent\x18\t \x01(\x0b\x32\x16.tuneloop.v1.LoopCycle\x12&\n\x06\x63ycles\x18\n \x03(\x0b\x32\x16.tuneloop.v1.LoopCycle\x12\x0f\n\x07up_rate\x18\x0b \x01(\x01\x12\x16\n\x0ewindow_ratings\x18\x0c \x01(\x03\":\n\x15ListQuarantineRequest\x12\x12\n\ndeployment\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"B\n\x16ListQuarantineResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.tuneloop.v1.FeedbackItem\"R\n\x18ReviewQuarantinedRequest\x12\x14\n\x0c\x66\x65\x65\x64\x62\x61\x63k_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x10\n\x08reviewer\x18\x03 \x01(\t\"E\n\x19ReviewQuarantinedResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.tuneloop.v1.FeedbackItem*@\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\r\n\tRATING_UP\x10\x01\x12\x0f\n\x0bRATING_DOWN\x10\x02\x32\x85\x07\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12Y\n\x0eSubmitFeedback\x12\".tuneloop.v1.SubmitFeedbackRequest\x1a#.tuneloop.v1.SubmitFeedbackResponse\x12_\n\x10GetFeedbackStats\x12$.tuneloop.v1.GetFeedbackStatsRequest\x1a%.tuneloop.v1.GetFeedbackStatsResponse\x12S\n\x0cListFeedback\x12 .tuneloop.v1.ListFeedbackRequest\x1a!.tuneloop.v1.ListFeedbackResponse\x12[\n\x0e\x45xportFeedback\x12\".tuneloop.v1.ExportFeedbackRequest\x1a#.tuneloop.v1.ExportFeedbackResponse0\x01\x12\\\n\x0fGetRetrainBatch\x12#.tuneloop.v1.GetRetrainBatchRequest\x1a$.tuneloop.v1.GetRetrainBatchResponse\x12\x44\n\x07GetLoop\x12\x1b.tuneloop.v1.GetLoopRequest\x1a\x1c.tuneloop.v1.GetLoopResponse\x12S\n\rSetLoopPolicy\x12!.tuneloop.v1.SetLoopPolicyRequest\x1a\x1f.tuneloop.v1.LoopPolicyResponse\x12S\n\rGetLoopPolicy\x12!.tuneloop.v1.GetLoopPolicyRequest\x1a\x1f.tuneloop.v1.LoopPolicyResponse\x12Y\n\x0eListQuarantine\x12\".tuneloop.v1.ListQuarantineRequest\x1a#.tuneloop.v1.ListQuarantineResponse\x12\x62\n\x11ReviewQuarantined\x12%.tuneloop.v1.ReviewQuarantinedRequest\x1a&.tuneloop.v1.ReviewQuarantinedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RATING']._serialized_start=445
-  _globals['_RATING']._serialized_end=509
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=39
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=213
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=215
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=297
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=299
-  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=339
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=341
-  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=443
-  _globals['_FEEDBACK']._serialized_start=512
-  _globals['_FEEDBACK']._serialized_end=710
+  _globals['_RATING']._serialized_start=3500
+  _globals['_RATING']._serialized_end=3564
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=60
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=234
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=237
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=406
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_start=408
+  _globals['_GETFEEDBACKSTATSREQUEST']._serialized_end=448
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_start=450
+  _globals['_GETFEEDBACKSTATSRESPONSE']._serialized_end=552
+  _globals['_FEEDBACKITEM']._serialized_start=555
+  _globals['_FEEDBACKITEM']._serialized_end=884
+  _globals['_LISTFEEDBACKREQUEST']._serialized_start=886
+  _globals['_LISTFEEDBACKREQUEST']._serialized_end=1001
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_start=1003
+  _globals['_LISTFEEDBACKRESPONSE']._serialized_end=1085
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_start=1087
+  _globals['_EXPORTFEEDBACKREQUEST']._serialized_end=1168
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_start=1170
+  _globals['_EXPORTFEEDBACKRESPONSE']._serialized_end=1208
+  _globals['_GETRETRAINBATCHREQUEST']._serialized_start=1210
+  _globals['_GETRETRAINBATCHREQUEST']._serialized_end=1262
+  _globals['_RETRAINEXAMPLE']._serialized_start=1265
+  _globals['_RETRAINEXAMPLE']._serialized_end=1406
+  _globals['_GETRETRAINBATCHRESPONSE']._serialized_start=1409
+  _globals['_GETRETRAINBATCHRESPONSE']._serialized_end=1572
+  _globals['_LOOPPOLICY']._serialized_start=1575
+  _globals['_LOOPPOLICY']._serialized_end=2149
+  _globals['_SETLOOPPOLICYREQUEST']._serialized_start=2151
+  _globals['_SETLOOPPOLICYREQUEST']._serialized_end=2234
+  _globals['_GETLOOPPOLICYREQUEST']._serialized_start=2236
+  _globals['_GETLOOPPOLICYREQUEST']._serialized_end=2278
+  _globals['_LOOPPOLICYRESPONSE']._serialized_start=2280
+  _globals['_LOOPPOLICYRESPONSE']._serialized_end=2377
+  _globals['_LOOPCYCLE']._serialized_start=2380
+  _globals['_LOOPCYCLE']._serialized_end=2717
+  _globals['_USERSHARE']._serialized_start=2719
+  _globals['_USERSHARE']._serialized_end=2798
+  _globals['_GETLOOPREQUEST']._serialized_start=2800
+  _globals['_GETLOOPREQUEST']._serialized_end=2851
+  _globals['_GETLOOPRESPONSE']._serialized_start=2854
+  _globals['_GETLOOPRESPONSE']._serialized_end=3215
+  _globals['_LISTQUARANTINEREQUEST']._serialized_start=3217
+  _globals['_LISTQUARANTINEREQUEST']._serialized_end=3275
+  _globals['_LISTQUARANTINERESPONSE']._serialized_start=3277
+  _globals['_LISTQUARANTINERESPONSE']._serialized_end=3343
+  _globals['_REVIEWQUARANTINEDREQUEST']._serialized_start=3345
+  _globals['_REVIEWQUARANTINEDREQUEST']._serialized_end=3427
+  _globals['_REVIEWQUARANTINEDRESPONSE']._serialized_start=3429
+  _globals['_REVIEWQUARANTINEDRESPONSE']._serialized_end=3498
+  _globals['_FEEDBACK']._serialized_start=3567
+  _globals['_FEEDBACK']._serialized_end=4468
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class FeedbackStub:
-    """Takes thumbs up/down and corrections, and counts them per model.
+    """Takes thumbs up/down and corrections, decides when a deployment retrains, and follows each
+    retraining cycle through data-prep, training, evaluation and deployment.
     """
 
     def __init__(self, channel):
@@ -45,22 +46,119 @@ class FeedbackStub:
                 request_serializer=protos_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
                 response_deserializer=protos_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
                 _registered_method=True)
+        self.ListFeedback = channel.unary_unary(
+                '/tuneloop.v1.Feedback/ListFeedback',
+                request_serializer=protos_dot_feedback__pb2.ListFeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.ListFeedbackResponse.FromString,
+                _registered_method=True)
+        self.ExportFeedback = channel.unary_stream(
+                '/tuneloop.v1.Feedback/ExportFeedback',
+                request_serializer=protos_dot_feedback__pb2.ExportFeedbackRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.ExportFeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetRetrainBatch = channel.unary_unary(
+                '/tuneloop.v1.Feedback/GetRetrainBatch',
+                request_serializer=protos_dot_feedback__pb2.GetRetrainBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.GetRetrainBatchResponse.FromString,
+                _registered_method=True)
+        self.GetLoop = channel.unary_unary(
+                '/tuneloop.v1.Feedback/GetLoop',
+                request_serializer=protos_dot_feedback__pb2.GetLoopRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.GetLoopResponse.FromString,
+                _registered_method=True)
+        self.SetLoopPolicy = channel.unary_unary(
+                '/tuneloop.v1.Feedback/SetLoopPolicy',
+                request_serializer=protos_dot_feedback__pb2.SetLoopPolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.LoopPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetLoopPolicy = channel.unary_unary(
+                '/tuneloop.v1.Feedback/GetLoopPolicy',
+                request_serializer=protos_dot_feedback__pb2.GetLoopPolicyRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.LoopPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListQuarantine = channel.unary_unary(
+                '/tuneloop.v1.Feedback/ListQuarantine',
+                request_serializer=protos_dot_feedback__pb2.ListQuarantineRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.ListQuarantineResponse.FromString,
+                _registered_method=True)
+        self.ReviewQuarantined = channel.unary_unary(
+                '/tuneloop.v1.Feedback/ReviewQuarantined',
+                request_serializer=protos_dot_feedback__pb2.ReviewQuarantinedRequest.SerializeToString,
+                response_deserializer=protos_dot_feedback__pb2.ReviewQuarantinedResponse.FromString,
+                _registered_method=True)
 
 
 class FeedbackServicer:
-    """Takes thumbs up/down and corrections, and counts them per model.
+    """Takes thumbs up/down and corrections, decides when a deployment retrains, and follows each
+    retraining cycle through data-prep, training, evaluation and deployment.
     """
 
     def SubmitFeedback(self, request, context):
-        """Records one rating of a served completion; repeats with the same key are
-        answered with the first record.
+        """Records one rating of a served completion (checked against the completion log); repeats with
+        the same key are answered with the first record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFeedbackStats(self, request, context):
-        """Counts the feedback a model has received.
+        """Counts the feedback a model or deployment has received.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeedback(self, request, context):
+        """Lists a deployment's feedback, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportFeedback(self, request, context):
+        """Streams a deployment's corrections as training data (JSONL): supervised chats or preference pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetrainBatch(self, request, context):
+        """Returns the examples of one retrain request's batch (what data-prep turns into a dataset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoop(self, request, context):
+        """Shows a deployment's loop: policy, counters, the current cycle and the history of cycles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLoopPolicy(self, request, context):
+        """Sets a deployment's loop policy (thresholds, cooldown, guards, drift and schedule).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoopPolicy(self, request, context):
+        """Returns a deployment's loop policy (the defaults when none was set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuarantine(self, request, context):
+        """Lists the corrections held for review by the poisoning guards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewQuarantined(self, request, context):
+        """Releases quarantined corrections into the next batch, or rejects them for good.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,6 +177,46 @@ def add_FeedbackServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_feedback__pb2.GetFeedbackStatsRequest.FromString,
                     response_serializer=protos_dot_feedback__pb2.GetFeedbackStatsResponse.SerializeToString,
             ),
+            'ListFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeedback,
+                    request_deserializer=protos_dot_feedback__pb2.ListFeedbackRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.ListFeedbackResponse.SerializeToString,
+            ),
+            'ExportFeedback': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportFeedback,
+                    request_deserializer=protos_dot_feedback__pb2.ExportFeedbackRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.ExportFeedbackResponse.SerializeToString,
+            ),
+            'GetRetrainBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetrainBatch,
+                    request_deserializer=protos_dot_feedback__pb2.GetRetrainBatchRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.GetRetrainBatchResponse.SerializeToString,
+            ),
+            'GetLoop': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoop,
+                    request_deserializer=protos_dot_feedback__pb2.GetLoopRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.GetLoopResponse.SerializeToString,
+            ),
+            'SetLoopPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLoopPolicy,
+                    request_deserializer=protos_dot_feedback__pb2.SetLoopPolicyRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.LoopPolicyResponse.SerializeToString,
+            ),
+            'GetLoopPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoopPolicy,
+                    request_deserializer=protos_dot_feedback__pb2.GetLoopPolicyRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.LoopPolicyResponse.SerializeToString,
+            ),
+            'ListQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantine,
+                    request_deserializer=protos_dot_feedback__pb2.ListQuarantineRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.ListQuarantineResponse.SerializeToString,
+            ),
+            'ReviewQuarantined': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewQuarantined,
+                    request_deserializer=protos_dot_feedback__pb2.ReviewQuarantinedRequest.FromString,
+                    response_serializer=protos_dot_feedback__pb2.ReviewQuarantinedResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tuneloop.v1.Feedback', rpc_method_handlers)
@@ -88,7 +226,8 @@ def add_FeedbackServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Feedback:
-    """Takes thumbs up/down and corrections, and counts them per model.
+    """Takes thumbs up/down and corrections, decides when a deployment retrains, and follows each
+    retraining cycle through data-prep, training, evaluation and deployment.
     """
 
     @staticmethod
@@ -135,6 +274,222 @@ class Feedback:
             '/tuneloop.v1.Feedback/GetFeedbackStats',
             protos_dot_feedback__pb2.GetFeedbackStatsRequest.SerializeToString,
             protos_dot_feedback__pb2.GetFeedbackStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/ListFeedback',
+            protos_dot_feedback__pb2.ListFeedbackRequest.SerializeToString,
+            protos_dot_feedback__pb2.ListFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/ExportFeedback',
+            protos_dot_feedback__pb2.ExportFeedbackRequest.SerializeToString,
+            protos_dot_feedback__pb2.ExportFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetrainBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/GetRetrainBatch',
+            protos_dot_feedback__pb2.GetRetrainBatchRequest.SerializeToString,
+            protos_dot_feedback__pb2.GetRetrainBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/GetLoop',
+            protos_dot_feedback__pb2.GetLoopRequest.SerializeToString,
+            protos_dot_feedback__pb2.GetLoopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLoopPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/SetLoopPolicy',
+            protos_dot_feedback__pb2.SetLoopPolicyRequest.SerializeToString,
+            protos_dot_feedback__pb2.LoopPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoopPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/GetLoopPolicy',
+            protos_dot_feedback__pb2.GetLoopPolicyRequest.SerializeToString,
+            protos_dot_feedback__pb2.LoopPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/ListQuarantine',
+            protos_dot_feedback__pb2.ListQuarantineRequest.SerializeToString,
+            protos_dot_feedback__pb2.ListQuarantineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewQuarantined(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Feedback/ReviewQuarantined',
+            protos_dot_feedback__pb2.ReviewQuarantinedRequest.SerializeToString,
+            protos_dot_feedback__pb2.ReviewQuarantinedResponse.FromString,
             options,
             channel_credentials,
             insecure,

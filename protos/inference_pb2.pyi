@@ -262,3 +262,29 @@ class ScoreResponse(_message.Message):
     logprob: float
     tokens: int
     def __init__(self, logprob: _Optional[float] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class GetCompletionRequest(_message.Message):
+    __slots__ = ("completion_id",)
+    COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
+    completion_id: str
+    def __init__(self, completion_id: _Optional[str] = ...) -> None: ...
+
+class GetCompletionResponse(_message.Message):
+    __slots__ = ("completion_id", "model", "deployment", "created", "messages", "prompt", "text", "texts")
+    COMPLETION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    completion_id: str
+    model: str
+    deployment: str
+    created: int
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    prompt: str
+    text: str
+    texts: str
+    def __init__(self, completion_id: _Optional[str] = ..., model: _Optional[str] = ..., deployment: _Optional[str] = ..., created: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., prompt: _Optional[str] = ..., text: _Optional[str] = ..., texts: _Optional[str] = ...) -> None: ...

@@ -90,6 +90,11 @@ class InferenceStub:
                 request_serializer=protos_dot_inference__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=protos_dot_inference__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.GetCompletion = channel.unary_unary(
+                '/tuneloop.v1.Inference/GetCompletion',
+                request_serializer=protos_dot_inference__pb2.GetCompletionRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.GetCompletionResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -174,6 +179,14 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCompletion(self, request, context):
+        """Returns one logged completion of the caller's tenant (what was asked and answered, by which
+        version of which deployment); NOT_FOUND for an unknown id or another tenant's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +244,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=protos_dot_inference__pb2.ScoreRequest.FromString,
                     response_serializer=protos_dot_inference__pb2.ScoreResponse.SerializeToString,
+            ),
+            'GetCompletion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCompletion,
+                    request_deserializer=protos_dot_inference__pb2.GetCompletionRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.GetCompletionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +549,33 @@ class Inference:
             '/tuneloop.v1.Inference/Score',
             protos_dot_inference__pb2.ScoreRequest.SerializeToString,
             protos_dot_inference__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCompletion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/GetCompletion',
+            protos_dot_inference__pb2.GetCompletionRequest.SerializeToString,
+            protos_dot_inference__pb2.GetCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("id", "created", "owned_by", "kind", "base_model", "available", "unavailable_reason", "path", "provider_model")
+    __slots__ = ("id", "created", "owned_by", "kind", "base_model", "available", "unavailable_reason", "path", "provider_model", "parent_model", "job_id", "training_dataset", "validation_dataset")
     ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     OWNED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,10 @@ class Model(_message.Message):
     UNAVAILABLE_REASON_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_DATASET_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_DATASET_FIELD_NUMBER: _ClassVar[int]
     id: str
     created: int
     owned_by: str
@@ -27,7 +31,11 @@ class Model(_message.Message):
     unavailable_reason: str
     path: str
     provider_model: str
-    def __init__(self, id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., path: _Optional[str] = ..., provider_model: _Optional[str] = ...) -> None: ...
+    parent_model: str
+    job_id: str
+    training_dataset: str
+    validation_dataset: str
+    def __init__(self, id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., kind: _Optional[str] = ..., base_model: _Optional[str] = ..., available: _Optional[bool] = ..., unavailable_reason: _Optional[str] = ..., path: _Optional[str] = ..., provider_model: _Optional[str] = ..., parent_model: _Optional[str] = ..., job_id: _Optional[str] = ..., training_dataset: _Optional[str] = ..., validation_dataset: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
