@@ -22,6 +22,7 @@ from gateway.routers import (
     datasets,
     deployments,
     evaluations,
+    feedback,
     files,
     fine_tuning,
     health,
@@ -64,6 +65,8 @@ def create_app(runtime: GatewayRuntime) -> FastAPI:
     app.include_router(deployments.router)
     app.include_router(evaluations.router)
     app.include_router(evaluations.policies)
+    app.include_router(feedback.router)
+    app.include_router(feedback.loops)
     app.include_router(tgi.router)
     tgi.install_tgi_errors(app)
     # One span per request: spans for each ASGI message sent or received cost more than they tell.

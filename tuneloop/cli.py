@@ -13,7 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from services.shared.settings import Settings
-from tuneloop import chat_commands, data_commands, deploy_commands, eval_commands, train_commands
+from tuneloop import (
+    chat_commands,
+    data_commands,
+    deploy_commands,
+    eval_commands,
+    loop_commands,
+    train_commands,
+)
 from tuneloop.launcher import LaunchConfig, Stack, StartupAborted
 
 app = typer.Typer(help="tuneloop: fine-tune an open LLM on your domain, prove it, serve it, keep improving it.",
@@ -25,6 +32,8 @@ app.add_typer(train_commands.app, name="train")
 app.command("chat")(chat_commands.chat)
 app.add_typer(deploy_commands.app, name="deploy")
 app.add_typer(eval_commands.app, name="eval")
+app.add_typer(loop_commands.loop_app, name="loop")
+app.add_typer(loop_commands.feedback_app, name="feedback")
 console = Console()
 
 DataDirOption = Annotated[

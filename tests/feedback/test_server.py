@@ -1,6 +1,7 @@
 """The feedback service on a real gRPC port, a real NATS and SQLite / PostgreSQL."""
 
 import asyncio
+import contextlib
 
 import grpc
 import pytest
@@ -20,8 +21,7 @@ def settings(tmp_path, database_url, nats_url):
 
 
 def _feedback(**overrides):
-    fields = {"completion_id": "cmpl-1", "model": "smollm2-135m-instruct", "rating": feedback_pb2.RATING_DOWN,
-              "correction": "Paris", "user": "agent-7"}
+    fields = {"completion_id": "cmpl-1", "rating": feedback_pb2.RATING_DOWN, "correction": "Paris", "user": "agent-7"}
     fields.update(overrides)
     return feedback_pb2.SubmitFeedbackRequest(**fields)
 
@@ -31,29 +31,13 @@ async def _count_rows(service) -> int:
         return (await session.execute(sa.select(sa.func.count()).select_from(store.feedback))).scalar_one()
 
 
-async def test_feedback_is_stored_counted_and_idempotent(settings):
-    async with running(DEFINITION, settings) as (service, channel):
-        stub = feedback_pb2_grpc.FeedbackStub(channel)
-        first = await stub.SubmitFeedback(_feedback(idempotency_key="k1"), metadata=call_metadata())
-        again = await stub.SubmitFeedback(_feedback(idempotency_key="k1"), metadata=call_metadata())
-        await stub.SubmitFeedback(_feedback(completion_id="cmpl-2", rating=feedback_pb2.RATING_UP, correction=""),
-                                  metadata=call_metadata())
-        # another tenant's feedback never shows in acme's counts
-        await stub.SubmitFeedback(_feedback(completion_id="cmpl-3"), metadata=call_metadata("other"))
-        stats = await stub.GetFeedbackStats(feedback_pb2.GetFeedbackStatsRequest(model="smollm2-135m-instruct"),
-                                            metadata=call_metadata())
-    assert first.created and not again.created
-    assert again.feedback_id == first.feedback_id
-    assert (stats.thumbs_up, stats.thumbs_down, stats.corrections) == (1, 1, 1)
-
-
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
         ({"rating": feedback_pb2.RATING_UNSPECIFIED}, "rating"),
         ({"completion_id": "../etc/passwd"}, "completion_id"),
-        ({"model": ""}, "model"),
         ({"correction": "   "}, "correction"),
+        ({"user": ""}, "user"),
     ],
 )
 async def test_bad_feedback_is_refused_naming_the_field_and_stores_nothing(settings, overrides, param):
@@ -85,10 +69,13 @@ async def test_model_deployed_events_reach_the_durable_consumer(settings):
         )
         await service.runtime.bus.publish(envelope)
         await service.runtime.bus.publish(envelope)  # a repeat is dropped or ignored
+        stub = feedback_pb2_grpc.FeedbackStub(_channel)
         version = None
         for _ in range(100):
-            async with service.runtime.db.transaction() as session:
-                version = await store.deployed_version(session, "acme", "acme-support")
+            with contextlib.suppress(grpc.aio.AioRpcError):  # NOT_FOUND until the event is applied
+                loop = await stub.GetLoop(feedback_pb2.GetLoopRequest(deployment="acme-support"),
+                                          metadata=call_metadata())
+                version = loop.model_version
             if version:
                 break
             await asyncio.sleep(0.05)
