@@ -8,6 +8,12 @@ deployment's history and an event (`model.deployed`, `model.rolled_back`) writte
 the same transaction. Versions are checked before they are deployed (the caller's `check_version`:
 a base model, or a fine-tuned model of the tenant that is available).
 
+A canary started by a passed evaluation (`start_canary_in`) has an end, `canary_until`: the
+service's canary check (`promote_finished_canaries`) promotes it then, so the history reads
+"canary" then "promoted". A person's promotion, canary or rollback clears that end: from then on
+the deployment changes only when a person says. Several inference processes may run the check:
+each canary's promotion is claimed by one conditional update, so it happens once.
+
 Switching versions is a pointer change: the generator loads an adapter on its first request, so no
 request fails during a swap.
 """
@@ -15,6 +21,7 @@ request fails during a swap.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -34,6 +41,9 @@ from services.shared.subjects import MODEL_DEPLOYED, MODEL_ROLLED_BACK
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 CheckVersion = Callable[[str, str], Awaitable[None]]
+
+# A deployment's canary columns once everyone gets one version.
+_NO_CANARY = {"canary_version": "", "canary_percent": 0, "canary_until": None, "canary_reason": ""}
 
 
 @dataclass(frozen=True)
@@ -132,9 +142,37 @@ class Deployments:
             return await self._view(session, tenant, row)  # already there: a repeated promotion changes nothing
         previous = row["model_version"] if row["model_version"] != version else row["previous_version"]
         await store.update_deployment(session, tenant, name, model_version=version, previous_version=previous,
-                                      canary_version="", canary_percent=0, updated_at=int(time.time()))
+                                      updated_at=int(time.time()), **_NO_CANARY)
         await self._record(session, tenant, name, "promoted", row["model_version"], version, 100, reason)
         return await self._view(session, tenant, await self._row(session, tenant, name))
+
+    async def start_canary_in(self, session: AsyncSession, tenant: str, name: str, version: str, percent: int,
+                              seconds: int, reason: str) -> None:
+        """Send `percent` of the requests to `version` for `seconds`, then promote it (the canary check
+        does), inside the caller's transaction (an event handler's); the version is checked already."""
+        row = await self._row(session, tenant, name, for_update=True)
+        if version in (row["model_version"], row["canary_version"]):
+            return  # serving or on canary already: a repeated evaluation changes nothing
+        await store.update_deployment(session, tenant, name, canary_version=version, canary_percent=percent,
+                                      canary_until=math.ceil(time.time() + seconds),
+                                      canary_reason=f"canary at {percent}% for {seconds}s; {reason}",
+                                      updated_at=int(time.time()))
+        await self._record(session, tenant, name, "canary", row["model_version"], version, percent, reason)
+
+    async def promote_finished_canaries(self) -> None:
+        """Promote every canary whose time is up, each in its own transaction; one claim per canary
+        (a conditional update) keeps two processes checking at once from promoting it twice."""
+        now = int(time.time())
+        async with self._db.transaction() as session:
+            due = await store.canaries_due(session, now)
+        for tenant, name in due:
+            async with self._db.transaction() as session:
+                if not await store.claim_due_canary(session, tenant, name, now):
+                    continue  # another process promoted it, or a person took over, since it was found due
+                row = await self._row(session, tenant, name)  # locked by the claim until this transaction ends
+                await self.promote_in(session, tenant, name, row["canary_version"], row["canary_reason"])
+        if due:
+            self._poke()
 
     async def set_canary(self, tenant: str, name: str, version: str, percent: int) -> Deployment:
         if not 0 <= percent <= 99:
@@ -149,7 +187,7 @@ class Deployments:
                                       param="model")
             canary = version if percent else ""
             await store.update_deployment(session, tenant, name, canary_version=canary, canary_percent=percent,
-                                          updated_at=int(time.time()))
+                                          canary_until=None, canary_reason="", updated_at=int(time.time()))
             await self._record(session, tenant, name, "canary", row["model_version"], canary, percent, "")
             deployment = await self._view(session, tenant, await self._row(session, tenant, name))
         self._poke()
@@ -162,8 +200,7 @@ class Deployments:
                 raise FailedPrecondition(f"deployment {name!r} has no earlier version to roll back to", param="name",
                                          code="nothing_to_roll_back")
             await store.update_deployment(session, tenant, name, model_version=row["previous_version"],
-                                          previous_version="", canary_version="", canary_percent=0,
-                                          updated_at=int(time.time()))
+                                          previous_version="", updated_at=int(time.time()), **_NO_CANARY)
             await self._record(session, tenant, name, "rolled_back", row["model_version"], row["previous_version"],
                                100, reason)
             deployment = await self._view(session, tenant, await self._row(session, tenant, name))

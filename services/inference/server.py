@@ -10,6 +10,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from protos import (
     training_pb2_grpc,
 )
 from services.inference import events, store
+from services.inference.completion_log import logged_completion
 from services.inference.deployments import Deployment, Deployments
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import GeneratedToken, Generation, Generator, check_request
@@ -267,6 +269,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 self._generator.score, request.model, messages=messages, answer=request.answer, fine_tuned=route))
         return inference_pb2.ScoreResponse(logprob=logprob, tokens=tokens)
 
+    async def GetCompletion(self, request, context):
+        completion = await logged_completion(self._db, tenant_of(context), request.completion_id)
+        return inference_pb2.GetCompletionResponse(
+            completion_id=completion.id, model=completion.model, deployment=completion.deployment,
+            created=completion.created, texts=completion.texts, prompt=completion.prompt, text=completion.text,
+            messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"])
+                      for m in completion.messages])
+
     async def GetUsage(self, request, context):
         if request.since < 0:
             raise InvalidArgument("since must be epoch seconds, or 0 for the whole log", param="since")
@@ -370,18 +380,16 @@ async def build(runtime: Runtime) -> ServiceParts:
         inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
         return [inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name]
 
-    async def sweep_completion_log(stopping: asyncio.Event) -> None:
-        """Delete completions past their retention, now and then every log_sweep_s."""
-        while not stopping.is_set():
-            if settings.log_retention_days:
-                async with runtime.db.transaction() as session:
-                    deleted = await store.delete_completions_before(
-                        session, int(time.time()) - settings.log_retention_days * 86400)
-                if deleted:
-                    log.info("completion log: deleted %d completions older than %d days", deleted,
-                             settings.log_retention_days)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.log_sweep_s)
+    async def sweep_completion_log() -> None:
+        """Delete completions past their retention."""
+        if not settings.log_retention_days:
+            return
+        cutoff = int(time.time()) - settings.log_retention_days * 86400
+        async with runtime.db.transaction() as session:
+            deleted = await store.delete_completions_before(session, cutoff)
+        if deleted:
+            log.info("completion log: deleted %d completions older than %d days", deleted,
+                     settings.log_retention_days)
 
     async def close() -> None:
         await asyncio.to_thread(servicer.close)
@@ -391,8 +399,26 @@ async def build(runtime: Runtime) -> ServiceParts:
             if isinstance(backend, OpenAIBackend):  # TGI's client holds no connection between calls
                 await asyncio.to_thread(backend.close)
 
-    return ServiceParts(register=register, background=[sweep_completion_log], on_close=close,
-                        subscriptions=events.subscriptions(servicer.deployments), servicer=servicer)
+    background = [_every(settings.log_sweep_s, sweep_completion_log),
+                  _every(settings.canary_check_s, servicer.deployments.promote_finished_canaries)]
+    return ServiceParts(register=register, background=background, on_close=close,
+                        subscriptions=events.subscriptions(servicer.deployments, settings), servicer=servicer)
+
+
+def _every(seconds: float, work: Callable[[], Awaitable[None]]) -> Callable[[asyncio.Event], Awaitable[None]]:
+    """A background task: `work` now and then every `seconds` until stopping. A pass that fails (the
+    database away for a moment) is logged and the next one tries again."""
+    async def loop(stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await work()
+            except Exception:
+                log.exception("%s failed; trying again in %ss", work.__name__, seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), seconds)
+
+    loop.__name__ = work.__name__  # the task's name
+    return loop
 
 
 DEFINITION = ServiceDefinition(

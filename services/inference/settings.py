@@ -32,3 +32,10 @@ class InferenceSettings(ServiceSettings):
     # The fine-tuning provider (the training service's same settings): models tuned there answer from there.
     provider_base_url: str = ""
     provider_api_key: SecretStr = SecretStr("")
+    # A candidate that passes its evaluation on an auto_promote deployment first takes this share of
+    # the deployment's requests (a canary), and is promoted to all of them after auto_canary_s
+    # seconds unless a person promotes, rolls back or changes the canary first; 0 s promotes at once.
+    auto_canary_percent: int = Field(default=10, ge=1, le=99)
+    auto_canary_s: int = Field(default=600, ge=0)
+    # How often the service looks for canaries whose time is up.
+    canary_check_s: float = Field(default=5.0, gt=0)

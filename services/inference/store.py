@@ -55,6 +55,14 @@ async def usage(session: AsyncSession, tenant: str, models: list[str], since: in
     return [dict(row._mapping) for row in await session.execute(query)]
 
 
+async def find_completion(session: AsyncSession, tenant: str, completion_id: str):
+    """One logged completion by its id (the primary key); None when the tenant logged none of that id."""
+    c = completions.c
+    query = (sa.select(c.id, c.model, c.deployment, c.created_at, c.request, c.response, c.texts)
+             .where(c.id == completion_id, c.tenant == tenant))
+    return (await session.execute(query)).mappings().first()
+
+
 async def delete_completions_before(session: AsyncSession, created_before: int) -> int:
     """Delete the completions logged before `created_before` (epoch seconds); how many went."""
     result = await session.execute(completions.delete().where(completions.c.created_at < created_before))
@@ -73,6 +81,10 @@ deployments = sa.Table(
     sa.Column("auto_promote", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # A canary started by a passed evaluation: when (epoch seconds) it is promoted, and the reason
+    # that promotion records. None: no canary, or one a person set, which ends when a person says.
+    sa.Column("canary_until", sa.BigInteger, nullable=True),
+    sa.Column("canary_reason", sa.Text, nullable=False, server_default=""),
 )
 
 deployment_changes = sa.Table(
@@ -101,6 +113,22 @@ async def find_deployment(session: AsyncSession, tenant: str, name: str, *, for_
 async def list_deployments(session: AsyncSession, tenant: str) -> list:
     query = sa.select(deployments).where(deployments.c.tenant == tenant).order_by(deployments.c.name)
     return list((await session.execute(query)).mappings())
+
+
+async def canaries_due(session: AsyncSession, now: int) -> list[tuple[str, str]]:
+    """(tenant, name) of the deployments whose evaluation-started canary has run its time."""
+    query = sa.select(deployments.c.tenant, deployments.c.name).where(deployments.c.canary_until <= now)
+    return [(row.tenant, row.name) for row in await session.execute(query)]
+
+
+async def claim_due_canary(session: AsyncSession, tenant: str, name: str, now: int) -> bool:
+    """Take the promotion of a canary whose time is up for this transaction. False: another process
+    took it, or a person ended the canary, since it was found due."""
+    d = deployments.c
+    result = await session.execute(deployments.update()
+                                   .where(d.tenant == tenant, d.name == name, d.canary_until <= now)
+                                   .values(canary_until=None))
+    return bool(result.rowcount)
 
 
 async def changes_of(session: AsyncSession, tenant: str, name: str) -> list:

@@ -74,7 +74,9 @@ async def _platform(tmp_path, database_url, nats_url, tiny_model_dir, other_mode
         async with running(TRAINING, settings(TRAINING, **addresses)) as (training, _):
             _platform.training = training  # type: ignore[attr-defined]
             addresses["training_addr"] = f"127.0.0.1:{training.grpc.port}"
-            async with running(INFERENCE, settings(INFERENCE, **addresses)) as (inference, inference_channel):
+            # auto_canary_s 0: a passed candidate is promoted at once, without a canary first
+            inference_settings = settings(INFERENCE, auto_canary_s=0, **addresses)
+            async with running(INFERENCE, inference_settings) as (inference, inference_channel):
                 addresses["inference_addr"] = f"127.0.0.1:{inference.grpc.port}"
                 async with running(EVALUATION, settings(EVALUATION, **addresses, **evaluation_settings)) as (
                         evaluation, evaluation_channel):
