@@ -166,23 +166,79 @@ class LoopPolicyPublic(BaseModel):
 
 
 def _policy_dict(policy: feedback_pb2.LoopPolicy) -> dict[str, Any]:
-    return json_format.MessageToDict(policy, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    # Read field by field: MessageToDict would write the int64 fields as strings.
+    return {field.name: getattr(policy, field.name) for field in policy.DESCRIPTOR.fields}
 
 
-@loops.get("/{name}/loop")
+class CyclePublic(BaseModel):
+    id: str
+    object: Literal["loop.cycle"] = "loop.cycle"
+    deployment: str
+    trigger: str
+    stage: str
+    finished: bool
+    created_at: int
+    updated_at: int
+    model_version: str
+    corrections: int
+    positives: int
+    dataset_id: str | None
+    file_id: str | None
+    job_id: str | None
+    candidate_version: str | None
+    evaluation_id: str | None
+    reason: str | None
+    feedback_ids: list[str]
+
+
+class UserSharePublic(BaseModel):
+    user: str
+    pending: int
+    eligible: int
+    held_back: int
+
+
+class LoopPublic(BaseModel):
+    deployment: str
+    object: Literal["loop"] = "loop"
+    policy: dict[str, Any]
+    model_version: str
+    pending_corrections: int
+    eligible_corrections: int
+    held_back: int
+    quarantined: int
+    users: list[UserSharePublic]
+    current: CyclePublic | None
+    cycles: list[CyclePublic]
+    up_rate: float
+    window_ratings: int
+
+
+def _cycle(cycle: feedback_pb2.LoopCycle) -> CyclePublic:
+    return CyclePublic(
+        id=cycle.id, deployment=cycle.deployment, trigger=cycle.trigger, stage=cycle.stage, finished=cycle.finished,
+        created_at=cycle.created_at, updated_at=cycle.updated_at, model_version=cycle.model_version,
+        corrections=cycle.corrections, positives=cycle.positives, dataset_id=cycle.dataset_id or None,
+        file_id=cycle.file_id or None, job_id=cycle.job_id or None, candidate_version=cycle.candidate_version or None,
+        evaluation_id=cycle.evaluation_id or None, reason=cycle.reason or None, feedback_ids=list(cycle.feedback_ids))
+
+
+@loops.get("/{name}/loop", response_model=LoopPublic)
 async def get_loop(name: str, clients: ClientsDep, tenant: TenantDep,
-                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+                   limit: Annotated[int, Query(ge=1, le=100)] = 20) -> LoopPublic:
     """Deployment NAME's feedback loop: its policy, the corrections waiting (per user, with what the
     batch cap holds back), the quarantine, the current cycle and the history of cycles, each with its
     feedback ids, dataset, training job, candidate, evaluation and outcome."""
-    response = await call("feedback", clients.feedback.GetLoop(feedback_pb2.GetLoopRequest(deployment=name, limit=limit),
-                                                               **clients.options(tenant)))
-    body = json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
-    body["object"] = "loop"
-    body["policy"] = _policy_dict(response.policy)
-    body["current"] = body.get("current") if response.HasField("current") else None
-    return body
+    r = await call("feedback", clients.feedback.GetLoop(feedback_pb2.GetLoopRequest(deployment=name, limit=limit),
+                                                        **clients.options(tenant)))
+    return LoopPublic(
+        deployment=r.deployment, policy=_policy_dict(r.policy), model_version=r.model_version,
+        pending_corrections=r.pending_corrections, eligible_corrections=r.eligible_corrections, held_back=r.held_back,
+        quarantined=r.quarantined,
+        users=[UserSharePublic(user=u.user, pending=u.pending, eligible=u.eligible, held_back=u.held_back)
+               for u in r.users],
+        current=_cycle(r.current) if r.HasField("current") else None, cycles=[_cycle(c) for c in r.cycles],
+        up_rate=r.up_rate, window_ratings=r.window_ratings)
 
 
 @loops.put("/{name}/loop_policy", response_model=LoopPolicyPublic)

@@ -102,7 +102,8 @@ def now() -> int:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(12)}"
+    """Ids that sort by creation (milliseconds first), so lists within one second keep their order."""
+    return f"{prefix}-{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
 
 
 @dataclass(frozen=True)
