@@ -46,6 +46,7 @@ def record_digest(ex: Example) -> bytes:
     # Everything `Example.to_record()` writes (so two rows are duplicates exactly when they would
     # give the same training record up to case and spacing). Label and slice are part of it: two
     # rows that differ only in label are a labelling question for a person, not a copy to drop.
+    # `corrected` is not: it marks an example for evaluation and changes nothing that is trained.
     messages = [sorted((k, fold(v) if k == "content" else v) for k, v in m.items()) for m in ex.messages]
     parts = [ex.kind, messages]
     if ex.kind == "preference":

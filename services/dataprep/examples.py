@@ -39,7 +39,9 @@ class Example:
     Chat examples carry the whole conversation in `messages`, ending with the assistant's answer.
     Preference pairs (for DPO) carry the prompt conversation in `messages` and the two answers in
     `preferred` / `rejected`. `label` and `slice` are optional: a class label (for stratified
-    splits and the label-balance audit) and a group name (for per-slice evaluation).
+    splits and the label-balance audit) and a group name (for per-slice evaluation). `corrected`
+    (chat only, optional) marks a prompt a user corrected: the feedback loop sets it, and evaluation
+    measures its fix rate on those examples.
     """
 
     line: int
@@ -48,6 +50,7 @@ class Example:
     rejected: str | None = None
     label: str | None = None
     slice: str | None = None
+    corrected: bool | None = None
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -87,7 +90,7 @@ class Example:
         return replace(self, messages=messages)
 
     def to_record(self) -> dict:
-        """The example in OpenAI's own format (chat or preference), plus label / slice if set."""
+        """The example in OpenAI's own format (chat or preference), plus label / slice / corrected if set."""
         messages = [dict(m) for m in self.messages]
         if self.kind == "preference":
             record: dict = {
@@ -101,6 +104,8 @@ class Example:
             record["label"] = self.label
         if self.slice is not None:
             record["slice"] = self.slice
+        if self.corrected is not None:
+            record["corrected"] = self.corrected
         return record
 
     def to_json(self) -> str:
@@ -122,4 +127,5 @@ def example_from_record(record: dict, line: int) -> Example:
         rejected=rejected,
         label=record.get("label"),
         slice=record.get("slice"),
+        corrected=record.get("corrected"),
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -11,12 +10,14 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
-from protos import dataprep_pb2, dataprep_pb2_grpc
-from services.dataprep import store
+from protos import dataprep_pb2, dataprep_pb2_grpc, feedback_pb2_grpc, training_pb2_grpc
+from services.dataprep import events, store
+from services.dataprep.datasets import new_file, prepare_config, queue_dataset
 from services.dataprep.files import check_file_id, validate_upload
 from services.dataprep.options import PrepareConfig
-from services.dataprep.pipeline import PIPELINE_VERSION, PipelineResources
+from services.dataprep.pipeline import PipelineResources
 from services.dataprep.report import write_review_csv
+from services.dataprep.retrain import RetrainSets
 from services.dataprep.review import read_review_sample
 from services.dataprep.settings import DataprepSettings
 from services.dataprep.synthetic import TeacherConfig, generate_examples
@@ -25,7 +26,7 @@ from services.dataprep.worker import DatasetWorker
 from services.shared.artifacts import ArtifactStore
 from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
-from services.shared.rpc import tenant_of
+from services.shared.rpc import open_channel, tenant_of
 
 
 def _file_message(record: store.FileRecord) -> dataprep_pb2.File:
@@ -42,27 +43,6 @@ def _file_message(record: store.FileRecord) -> dataprep_pb2.File:
 MAX_SEEDS = 1000
 # Texts one AnonymizeTexts call may carry (a completion's messages and its answer are a few).
 MAX_ANONYMIZE_TEXTS = 256
-
-
-def _config(options: dataprep_pb2.PrepareOptions, default_base_model: str) -> PrepareConfig:
-    """The request's options with every default filled in, so equal requests give equal configs."""
-    return PrepareConfig(
-        base_model=options.base_model or default_base_model,
-        format=options.format or None,
-        validation_fraction=options.validation_fraction if options.HasField("validation_fraction") else 0.1,
-        seed=options.seed,
-        drop_invalid=options.drop_invalid,
-        anonymize_pii=options.anonymize_pii if options.HasField("anonymize_pii") else True,
-        pii_entities=tuple(options.pii_entities),
-        pii_placeholders=dict(sorted(options.pii_placeholders.items())),
-        pii_detector=options.pii_detector or "ner",
-        near_duplicate_threshold=options.near_duplicate_threshold
-        if options.HasField("near_duplicate_threshold")
-        else 0.85,
-        n_epochs=options.n_epochs if options.HasField("n_epochs") else None,
-        price_per_1k_tokens=options.price_per_1k_tokens if options.HasField("price_per_1k_tokens") else 0.008,
-        review_sample_size=options.review_sample_size if options.HasField("review_sample_size") else 50,
-    )
 
 
 def _options_message(config: PrepareConfig) -> dataprep_pb2.PrepareOptions:
@@ -101,12 +81,6 @@ def _dataset_message(record: store.DatasetRecord) -> dataprep_pb2.Dataset:
         options=_options_message(PrepareConfig.from_json(record.options)),
         finished_at=record.finished_at or 0,
     )
-
-
-def dataset_id_for(tenant: str, file_sha256: str, config: PrepareConfig) -> str:
-    """Datasets are content-addressed: the same bytes prepared the same way are the same dataset."""
-    key = f"{tenant}\n{file_sha256}\n{config.to_json()}\n{PIPELINE_VERSION}"
-    return "ds-" + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
@@ -161,15 +135,7 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
             artifact = await asyncio.to_thread(writer.commit)
         finally:
             writer.abort()
-        record = store.FileRecord(
-            id=store.new_file_id(),
-            tenant=tenant_of(context),
-            filename=header.filename,
-            purpose=header.purpose,
-            bytes=artifact.size,
-            sha256=artifact.sha256,
-            created_at=store.now(),
-        )
+        record = new_file(tenant_of(context), header.filename, header.purpose, artifact)
         async with self._db.transaction() as session:
             await store.add_file(session, record)
         return dataprep_pb2.UploadFileResponse(file=_file_message(record))
@@ -205,42 +171,16 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
 
     async def PrepareDataset(self, request, context):
         tenant = tenant_of(context)
-        config = _config(request.options, self._settings.default_base_model)
+        config = prepare_config(request.options, self._settings.default_base_model)
         async with self._db.transaction() as session:
             source = await store.get_file(session, tenant, check_file_id(request.file_id))
-            stored, created = await self._queue_dataset(session, source, config)
+            stored, created = await queue_dataset(session, source, config)
         self._worker.wake()
         return dataprep_pb2.PrepareDatasetResponse(dataset=_dataset_message(stored), created=created)
 
-    async def _queue_dataset(self, session, source: store.FileRecord, config: PrepareConfig):
-        record = store.DatasetRecord(
-            id=dataset_id_for(source.tenant, source.sha256, config),
-            tenant=source.tenant,
-            file_id=source.id,
-            file_sha256=source.sha256,
-            status=store.PROCESSING,
-            format=config.format or "",
-            options=config.to_json(),
-            created_at=store.now(),
-            finished_at=None,
-            lines_processed=0,
-            train_sha256=None,
-            validation_sha256=None,
-            review_sha256=None,
-            train_examples=0,
-            validation_examples=0,
-            error="",
-            report=None,
-        )
-        stored, created = await store.add_dataset_if_new(session, record)
-        if stored.status == store.FAILED:
-            # Asking again for a failed dataset tries again (a fixed model store, a transient error).
-            stored = await store.restart_dataset(session, stored)
-        return stored, created
-
     async def GenerateSynthetic(self, request, context):
         tenant = tenant_of(context)
-        config = _config(request.options, self._settings.default_base_model)
+        config = prepare_config(request.options, self._settings.default_base_model)
         teacher = TeacherConfig(
             base_url=request.teacher_base_url,
             api_key=request.teacher_api_key,
@@ -260,18 +200,10 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
             )
         content = "".join(example.to_json() + "\n" for example in generated).encode()
         artifact = await asyncio.to_thread(self._artifacts.put_bytes, content)
-        record = store.FileRecord(
-            id=store.new_file_id(),
-            tenant=tenant,
-            filename=f"synthetic-{seed_file.filename}"[:255],
-            purpose="fine-tune",
-            bytes=artifact.size,
-            sha256=artifact.sha256,
-            created_at=store.now(),
-        )
+        record = new_file(tenant, f"synthetic-{seed_file.filename}"[:255], "fine-tune", artifact)
         async with self._db.transaction() as session:
             await store.add_file(session, record)
-            dataset, _created = await self._queue_dataset(session, record, config)
+            dataset, _created = await queue_dataset(session, record, config)
         self._worker.wake()
         return dataprep_pb2.GenerateSyntheticResponse(
             file=_file_message(record), dataset=_dataset_message(dataset), generated=len(generated)
@@ -353,9 +285,13 @@ class DataPrepServicer(dataprep_pb2_grpc.DataPrepServicer):
 
 
 async def build(runtime: Runtime) -> ServiceParts:
-    artifacts = ArtifactStore(runtime.settings.artifacts_path)
-    resources = PipelineResources(runtime.settings, workers=runtime.settings.pipeline_workers)
+    settings: DataprepSettings = runtime.settings  # type: ignore[assignment]
+    artifacts = ArtifactStore(settings.artifacts_path)
+    resources = PipelineResources(settings, workers=settings.pipeline_workers)
     worker = DatasetWorker(runtime, artifacts, resources)
+    channels = [open_channel(settings.feedback_addr, settings), open_channel(settings.training_addr, settings)]
+    retrain_sets = RetrainSets(runtime, artifacts, resources, worker, feedback_pb2_grpc.FeedbackStub(channels[0]),
+                               training_pb2_grpc.TrainingStub(channels[1]))
 
     def register(server: grpc.aio.Server) -> list[str]:
         dataprep_pb2_grpc.add_DataPrepServicer_to_server(DataPrepServicer(runtime, artifacts, worker, resources),
@@ -363,9 +299,12 @@ async def build(runtime: Runtime) -> ServiceParts:
         return [dataprep_pb2.DESCRIPTOR.services_by_name["DataPrep"].full_name]
 
     async def close() -> None:
+        for channel in channels:
+            await channel.close()
         await asyncio.to_thread(resources.close)
 
-    return ServiceParts(register=register, background=[worker.run], on_close=close)
+    return ServiceParts(register=register, background=[worker.run, retrain_sets.work], on_close=close,
+                        subscriptions=events.subscriptions(retrain_sets))
 
 
 DEFINITION = ServiceDefinition(

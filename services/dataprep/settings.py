@@ -1,3 +1,5 @@
+from pydantic import Field
+
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
 
@@ -10,3 +12,9 @@ class DataprepSettings(ServiceSettings):
     # Processes that normalise and anonymise large files (see transform.py): 0 means one per CPU
     # core, 1 means none (everything in the service's own process).
     pipeline_workers: int = 0
+    # A retraining set replays this many examples of the parent model's training data per
+    # correction (as many as there are, if fewer), so the new version does not forget them.
+    retrain_replay_ratio: float = Field(default=1.0, ge=0)
+    # The longest wait between tries while the feedback or training service cannot be reached;
+    # the wait doubles from one second up to this, and the set is tried for as long as it takes.
+    retrain_retry_max_s: float = Field(default=60.0, gt=0)

@@ -193,3 +193,103 @@ async def restart_dataset(session: AsyncSession, record: DatasetRecord) -> Datas
     values = {"status": PROCESSING, "error": "", "report": None, "finished_at": None, "lines_processed": 0}
     await session.execute(datasets.update().where(datasets.c.id == record.id).values(**values))
     return DatasetRecord(**{**record.__dict__, **values})
+
+
+async def set_report(session: AsyncSession, dataset_id: str, report: str) -> None:
+    await session.execute(datasets.update().where(datasets.c.id == dataset_id).values(report=report))
+
+
+# The feedback loop's retraining sets: one per retrain request, built from the request's batch.
+retrain_sets = sa.Table(
+    "dataprep_retrain_sets",
+    metadata,
+    # The feedback service's retrain request id.
+    sa.Column("request_id", sa.String(40), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("deployment", sa.String(128), nullable=False),
+    # The version the deployment served: training warm-starts from it, replay comes from its data.
+    sa.Column("parent_version", sa.String(255), nullable=False),
+    sa.Column("base_model", sa.String(255), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("file_id", sa.String(40), nullable=False),
+    sa.Column("dataset_id", sa.String(40), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    # What went into the set (JSON); added to the dataset's report once it is ready.
+    sa.Column("summary", sa.Text, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Index("ix_dataprep_retrain_sets_status", "status"),
+    sa.Index("ix_dataprep_retrain_sets_dataset", "dataset_id"),
+)
+
+# A set is "building" (waiting for its batch and its parent's lineage), then "processing" (its
+# dataset is queued), then "ready" or "failed" as its dataset ends, or "failed" when it cannot be built.
+BUILDING = "building"
+
+
+@dataclass(frozen=True)
+class RetrainSetRecord:
+    request_id: str
+    tenant: str
+    deployment: str
+    parent_version: str
+    base_model: str
+    status: str
+    file_id: str
+    dataset_id: str
+    error: str
+    summary: str | None
+    created_at: int
+    finished_at: int | None
+
+
+async def add_retrain_set_if_new(session: AsyncSession, record: RetrainSetRecord) -> bool:
+    """Record a retrain request unless it is recorded already; whether it is new."""
+    found = (
+        await session.execute(
+            sa.select(retrain_sets.c.request_id).where(retrain_sets.c.request_id == record.request_id)
+        )
+    ).first()
+    if found is not None:
+        return False
+    await session.execute(retrain_sets.insert().values(**record.__dict__))
+    return True
+
+
+async def unfinished_retrain_sets(session: AsyncSession) -> list[RetrainSetRecord]:
+    """Sets still being built or prepared, oldest first: what a (re)started worker must do."""
+    query = (
+        sa.select(retrain_sets)
+        .where(retrain_sets.c.status.in_((BUILDING, PROCESSING)))
+        .order_by(retrain_sets.c.created_at, retrain_sets.c.request_id)
+    )
+    return [RetrainSetRecord(**row._mapping) for row in await session.execute(query)]
+
+
+async def retrain_sets_waiting_on(session: AsyncSession, dataset_id: str) -> list[RetrainSetRecord]:
+    query = sa.select(retrain_sets).where(
+        retrain_sets.c.dataset_id == dataset_id, retrain_sets.c.status == PROCESSING
+    )
+    return [RetrainSetRecord(**row._mapping) for row in await session.execute(query)]
+
+
+async def retrain_set_built(
+    session: AsyncSession, request_id: str, *, file_id: str, dataset_id: str, base_model: str, summary: str
+) -> bool:
+    """Record the set's file and queued dataset; False when it was not being built any more."""
+    updated = await session.execute(
+        retrain_sets.update()
+        .where(retrain_sets.c.request_id == request_id, retrain_sets.c.status == BUILDING)
+        .values(status=PROCESSING, file_id=file_id, dataset_id=dataset_id, base_model=base_model, summary=summary)
+    )
+    return updated.rowcount == 1
+
+
+async def finish_retrain_set(session: AsyncSession, request_id: str, *, status: str, error: str = "") -> bool:
+    """Record the outcome once; False when the set was finished already (its outcome was announced then)."""
+    updated = await session.execute(
+        retrain_sets.update()
+        .where(retrain_sets.c.request_id == request_id, retrain_sets.c.status.in_((BUILDING, PROCESSING)))
+        .values(status=status, error=error, finished_at=now())
+    )
+    return updated.rowcount == 1

@@ -26,7 +26,7 @@ from services.dataprep.examples import ROLES, Example, LineError
 from services.dataprep.formats import LINE_FIELD, check_format, iter_records, resolve_csv_columns
 from services.shared.errors import InvalidArgument
 
-CHAT_KEYS = frozenset({"messages", "label", "slice"})
+CHAT_KEYS = frozenset({"messages", "label", "slice", "corrected"})
 PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output", "label", "slice"})
 ALPACA_KEYS = frozenset({"instruction", "input", "output", "system", "label", "slice"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"})
@@ -177,6 +177,15 @@ def _optional_text(line: int, record: dict, key: str, errors: list[LineError]) -
     return value
 
 
+def _optional_flag(line: int, record: dict, key: str, errors: list[LineError]) -> bool | None:
+    """corrected: true or false, or None when absent (null counts as absent, as for label / slice)."""
+    value = record.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    errors.append(LineError(line, key, "data_type", f"{key} must be true or false, not {_type_name(value)}"))
+    return None
+
+
 def _validate_chat(line: int, record: dict) -> Example | list[LineError]:
     errors: list[LineError] = []
     _check_keys(line, record, CHAT_KEYS, errors)
@@ -204,9 +213,10 @@ def _validate_chat(line: int, record: dict) -> Example | list[LineError]:
             )
     label = _optional_text(line, record, "label", errors)
     slice_ = _optional_text(line, record, "slice", errors)
+    corrected = _optional_flag(line, record, "corrected", errors)
     if errors:
         return errors
-    return Example(line=line, messages=tuple(messages or ()), label=label, slice=slice_)
+    return Example(line=line, messages=tuple(messages or ()), label=label, slice=slice_, corrected=corrected)
 
 
 def _answer(line: int, record: dict, key: str, errors: list[LineError]) -> str | None:

@@ -2,37 +2,32 @@
 
 A dataset row in status "processing" is the work queue: PrepareDataset writes it, this worker
 picks it up (also the ones a crash left behind), runs the pipeline in a thread, and records the
-outcome and the `dataset.prepared` event in one transaction.
+outcome and the `dataset.prepared` event in one transaction (see events.py for which events).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
-from protos import events_pb2
 from services.dataprep import store
+from services.dataprep.events import dataset_ready
 from services.dataprep.options import PrepareConfig
 from services.dataprep.pipeline import DatasetRejected, Interrupted, PipelineResources, prepare_dataset
+from services.dataprep.retrain import finish_retrain_sets
 from services.shared.artifacts import ArtifactStore
-from services.shared.bus import new_envelope
 from services.shared.errors import TuneloopError
 from services.shared.outbox import add_to_outbox
 from services.shared.process import Runtime
-from services.shared.subjects import DATASET_PREPARED
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
-
-
-def content_hash(train_sha256: str, validation_sha256: str) -> str:
-    return hashlib.sha256(f"{train_sha256}:{validation_sha256}".encode()).hexdigest()
 
 
 class DatasetWorker:
@@ -145,28 +140,16 @@ class DatasetWorker:
             validation_examples=prepared.validation_examples,
             report=json.dumps(prepared.report),
             lines_processed=prepared.report["lines"],
-            event=events_pb2.DatasetPrepared(
-                dataset_id=record.id,
-                content_hash=content_hash(prepared.train.sha256, prepared.validation.sha256),
-                train_examples=prepared.train_examples,
-                validation_examples=prepared.validation_examples,
-            ),
         )
 
-    async def _finish(
-        self, record: store.DatasetRecord, *, event: events_pb2.DatasetPrepared | None = None, **values
-    ) -> None:
+    async def _finish(self, record: store.DatasetRecord, **values) -> None:
+        finished = replace(record, **values)
         async with self._runtime.db.transaction() as session:
             await store.finish_dataset(session, record.id, **values)
-            if event is not None:
-                envelope = new_envelope(
-                    DATASET_PREPARED,
-                    event,
-                    source="dataprep",
-                    tenant=record.tenant,
-                    event_id=f"{DATASET_PREPARED}:{record.id}",
-                )
-                await add_to_outbox(session, self._runtime.tables, envelope)
-        if event is not None:
-            self._runtime.relay.poke()
+            # A retraining set's dataset is announced with the set's fields, ready or failed; any
+            # other dataset only when it is ready.
+            announced = await finish_retrain_sets(session, self._runtime.tables, finished)
+            if not announced and finished.status == store.READY:
+                await add_to_outbox(session, self._runtime.tables, dataset_ready(finished))
+        self._runtime.relay.poke()
         log.info("dataset %s: %s", record.id, values.get("status"))

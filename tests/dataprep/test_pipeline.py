@@ -101,3 +101,20 @@ def test_no_validation_example_has_a_near_duplicate_in_train(resources, tmp_path
 
     again = prepare_dataset([content], config, resources=resources, artifacts=store, workdir=tmp_path)
     assert again.validation.sha256 == prepared.validation.sha256  # stable for a seed
+
+
+def test_corrected_marks_reach_both_splits_and_no_other_example_gets_one(resources, tmp_path):
+    lines = [{"messages": [{"role": "user", "content": f"Question number {i} about parcel {i * 7919}?"},
+                           {"role": "assistant", "content": f"Answer {i}."}],
+              **({"corrected": True} if i % 2 == 0 else {"corrected": False} if i % 3 == 0 else {})}
+             for i in range(40)]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    store = ArtifactStore(tmp_path / "artifacts")
+    config = PrepareConfig(base_model=TINY_MODEL_ID, anonymize_pii=False, validation_fraction=0.25, seed=3)
+    prepared = prepare_dataset([content], config, resources=resources, artifacts=store, workdir=tmp_path)
+    written = [json.loads(line) for sha in (prepared.train.sha256, prepared.validation.sha256)
+               for line in store.path(sha).read_text().splitlines()]
+    by_question = {record["messages"][0]["content"]: record.get("corrected") for record in written}
+    assert by_question == {line["messages"][0]["content"]: line.get("corrected") for line in lines}
+    validation = [json.loads(line) for line in store.path(prepared.validation.sha256).read_text().splitlines()]
+    assert any(record.get("corrected") is True for record in validation)

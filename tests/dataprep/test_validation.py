@@ -123,6 +123,22 @@ def test_every_problem_of_a_line_is_reported_at_once() -> None:
     }
 
 
+@pytest.mark.parametrize("corrected", [True, False])
+def test_a_chat_example_may_say_whether_a_user_corrected_it(corrected: bool) -> None:
+    example = validate_record(1, chat(USER, ASSISTANT, corrected=corrected), "chat")
+    assert example == Example(line=1, messages=(USER, ASSISTANT), corrected=corrected)
+    assert example.to_record() == chat(USER, ASSISTANT, corrected=corrected)
+    assert "corrected" not in validate_record(1, chat(USER, ASSISTANT), "chat").to_record()
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, None])
+def test_corrected_must_be_a_json_boolean(value: object) -> None:
+    if value is None:  # null is absent, as for label and slice
+        assert validate_record(3, chat(USER, ASSISTANT, corrected=None), "chat").corrected is None
+        return
+    assert problems(chat(USER, ASSISTANT, corrected=value)) == {(3, "corrected", "data_type")}
+
+
 def test_a_whole_number_label_is_read_as_text() -> None:
     example = validate_record(1, chat(USER, ASSISTANT, label=3), "chat")
     assert isinstance(example, Example) and example.label == "3"
@@ -204,6 +220,10 @@ def test_a_valid_preference_pair() -> None:
 )
 def test_preference_checks(record: dict, expected: set) -> None:
     assert problems(record, "preference") == expected
+
+
+def test_only_chat_examples_take_corrected() -> None:
+    assert (3, "corrected", "unrecognized_key") in problems(pair(corrected=True), "preference")
 
 
 # --- Alpaca and CSV ----------------------------------------------------------------------------
@@ -498,7 +518,11 @@ def chat_examples(draw) -> Example:
     if draw(st.booleans()):
         answer["weight"] = draw(st.sampled_from([0, 1]))
     return Example(
-        line=0, messages=(*draw(messages()), answer), label=draw(OPTIONAL_NAME), slice=draw(OPTIONAL_NAME)
+        line=0,
+        messages=(*draw(messages()), answer),
+        label=draw(OPTIONAL_NAME),
+        slice=draw(OPTIONAL_NAME),
+        corrected=draw(st.none() | st.booleans()),
     )
 
 
