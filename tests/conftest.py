@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.stack import stack  # noqa: F401
-from tests.fixtures.tiny_model import learning_store, tiny_model_dir, tiny_settings  # noqa: F401
+from tests.fixtures.tiny_model import learning_model_dir, learning_store, tiny_model_dir, tiny_settings  # noqa: F401
 from tuneloop.nats_server import NatsServer
 
 POSTGRES_ENV = "TUNELOOP_TEST_POSTGRES_URL"

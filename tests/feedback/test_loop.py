@@ -313,3 +313,31 @@ async def test_a_thumbs_up_drop_after_a_deployment_rolls_it_back(tmp_path, datab
 
 async def _serving(stub, version: str) -> bool:
     return (await _loop(stub)).model_version == version
+
+
+async def test_the_schedule_retrains_on_what_is_waiting_but_never_on_one_user_alone(tmp_path, database_url, nats_url,
+                                                                                   tiny_model_dir):
+    async with _services(tmp_path, database_url, nats_url, tiny_model_dir, monitor_interval_s=0.2) as (
+            served, stub, _):
+        completions = await _completions(served, 8)
+        for i, cid in enumerate(completions[:3]):
+            await stub.SubmitFeedback(_correction(cid, "solo", f"Part {i} is in bin {i * 11}."),
+                                      metadata=call_metadata())
+        await _set_policy(stub, retrain_every_days=0.5 / 86_400, cooldown_s=0)  # due every half second
+        await asyncio.sleep(1.5)
+        assert (await _loop(stub)).cycles == []  # one user's corrections alone are never a fair batch
+        await _set_policy(stub, enabled=False)  # while the others post: the batch is decided on all of them
+        for i, cid in enumerate(completions[3:], start=3):
+            await stub.SubmitFeedback(_correction(cid, f"agent-{i}", f"Part {i} is in bin {i * 11}."),
+                                      metadata=call_metadata())
+        await asyncio.sleep(0.6)
+        assert (await _loop(stub)).cycles == []  # disabled: no trigger fires
+        await _set_policy(stub, enabled=True)
+
+        async def scheduled():
+            return (await _loop(stub)).cycles
+
+        [cycle] = await _until(scheduled)
+        # Six users, at most 20% each: one correction per user, solo's oldest first.
+        assert (cycle.trigger, cycle.corrections) == ("schedule", 6)
+        assert (await _loop(stub)).pending_corrections == 2
