@@ -7,7 +7,8 @@ The loss is DPO's sigmoid loss (Rafailov et al., 2023), as trl's DPOTrainer comp
 
 where each log π is summed over the answer's tokens only, π is the policy (base + LoRA) and π_ref
 the base model, i.e. the policy with its adapter disabled, as trl does for a peft model without a
-separate reference. The metrics are trl's too: rewards β·(log π - log π_ref), the share of pairs
+separate reference; a run warm-started from a fine-tuned adapter takes that model (the policy as it
+starts) as its reference instead. The metrics are trl's too: rewards β·(log π - log π_ref), the share of pairs
 whose chosen reward is higher (reward accuracy), and the mean reward margin.
 
 Why not trl's DPOTrainer itself: it is a transformers.Trainer with its own loop, while ours
@@ -25,6 +26,7 @@ model once instead of twice.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -186,14 +188,16 @@ class DpoObjective:
         return 1
 
     def prepare(self, peft_model: PeftModel, pairs: Sequence[EncodedPair], pad_id: int, bf16: bool,
-                max_tokens: int) -> list[EncodedPair]:
-        """The pairs with the reference log-probs of their answers filled in."""
+                max_tokens: int, *, reference_adapter: bool = False) -> list[EncodedPair]:
+        """The pairs with the reference log-probs of their answers filled in: of the base model, or
+        with `reference_adapter` of the model with its adapter as it is now (a warm start's parent)."""
         lengths = [self.length(pair) for pair in pairs]
         reference: dict[int, tuple[float, float]] = {}
         was_training = peft_model.training
         peft_model.eval()
         try:
-            with torch.inference_mode(), peft_model.disable_adapter():
+            adapter = contextlib.nullcontext() if reference_adapter else peft_model.disable_adapter()
+            with torch.inference_mode(), adapter:
                 for part in micro_batches(range(len(pairs)), lengths, max(1, max_tokens // self.rows_per_example)):
                     logps = sequence_log_probs(peft_model, collate(_rows([pairs[i] for i in part]), pad_id), bf16)
                     for index, chosen, rejected in zip(part, logps[0::2].tolist(), logps[1::2].tolist(), strict=True):

@@ -62,18 +62,21 @@ def trainable_weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
     return dict(model.named_parameters())
 
 
-def load_trainable_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor]) -> None:
+def load_trainable_weights(model: PreTrainedModel, weights: dict[str, torch.Tensor], *,
+                           param: str = "checkpoint") -> None:
     expected = set(trainable_weights(model))
-    unexpected = sorted(set(weights) - set(model.state_dict()))
+    state = model.state_dict()
+    unexpected = sorted(name for name, tensor in weights.items()
+                        if name not in state or state[name].shape != tensor.shape)
     missing = sorted(expected - set(weights))
     if unexpected or missing:
-        raise InvalidArgument(f"model weights do not fit this model: unexpected {unexpected[:3]}, missing {missing[:3]}",
-                              param="checkpoint")
+        raise InvalidArgument(f"model weights do not fit this model: unexpected or of another shape {unexpected[:3]}, "
+                              f"missing {missing[:3]}", param=param)
     with torch.no_grad():
         model.load_state_dict(weights, strict=False)
 
 
-def read_saved_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_saved_weights(directory: Path, *, param: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The weights `save_pretrained` wrote: model.safetensors, or the shards its index names."""
     from safetensors.torch import load_file
 
@@ -84,7 +87,7 @@ def read_saved_weights(directory: Path) -> dict[str, torch.Tensor]:
     else:
         files = [directory / "model.safetensors"]
     if not all(file.is_file() for file in files):
-        raise InvalidArgument(f"{directory} has no complete safetensors weights", param="checkpoint")
+        raise InvalidArgument(f"{directory} has no complete safetensors weights", param=param)
     weights: dict[str, torch.Tensor] = {}
     for file in files:
         weights.update(load_file(str(file)))

@@ -123,7 +123,7 @@ def _distil(settings: TrainingSettings, method: dict, api_key: str, splits: list
 
 def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threading.Event | None = None,
         teacher_api_key: str = "") -> None:
-    from services.training.trainer import TrainConfig, Trainer  # heavy: torch, peft
+    from services.training.trainer import TrainConfig, Trainer, WarmStart  # heavy: torch, peft
 
     hyperparameters = spec["hyperparameters"]
     method = spec["method"]
@@ -136,6 +136,7 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         lora_r=method["lora_r"],
         lora_alpha=method["lora_alpha"],
         lora_dropout=method["lora_dropout"],
+        **({"target_modules": tuple(method["target_modules"])} if method.get("target_modules") else {}),
         early_stopping_patience=method["early_stopping_patience"] or None,
         seed=spec["seed"],
     )
@@ -159,6 +160,9 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         reporter.emit("message", level="info", message=f"replay: {len(mixed) - len(train)} general examples answered "
                       f"by {spec['base_model']} itself were mixed into {len(train)} training examples")
         train = mixed
+    init_from = spec.get("init_from")
+    if init_from:
+        reporter.emit("message", level="info", message=f"warm start: from the weights of {init_from['model']}")
     trainer = Trainer(
         config,
         lambda dtype: models.load(spec["base_model"], dtype=dtype, quantize_4bit=method["type"] == "qlora"),
@@ -167,6 +171,7 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         output_dir=Path(spec["job_dir"]),
         base_model_id=spec["base_model"],
         cancel=cancel,
+        init_from=WarmStart(Path(init_from["path"]), init_from["kind"]) if init_from else None,
     )
     trainer.setup()
     if spec.get("resume_from"):

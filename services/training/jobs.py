@@ -51,6 +51,8 @@ class JobSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # The LoRA target modules; empty: the trainer's default (every linear layer). Set by a warm start.
+    target_modules: tuple[str, ...] = ()
     early_stopping_patience: int = 0
     replay_fraction: float = DEFAULT_REPLAY_FRACTION
     # Only for method "dpo": how far the policy may move from the base model (OpenAI's beta).
@@ -66,6 +68,7 @@ class JobSpec:
             "lora_r": self.lora_r,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
+            **({"target_modules": list(self.target_modules)} if self.target_modules else {}),
             "early_stopping_patience": self.early_stopping_patience,
             "replay_fraction": self.replay_fraction,
             **({"beta": self.beta} if self.method == "dpo" else {}),
@@ -108,7 +111,7 @@ def validate_teacher(teacher: TeacherRef | None, teacher_keys: Mapping[str, str]
 
 def validate_job(spec: JobSpec, *, known_models: list[str], cuda_available: bool,
                  teacher_keys: Mapping[str, str] | None = None, qlora_on_cpu: bool = False,
-                 bitsandbytes_installed: bool = True) -> None:
+                 bitsandbytes_installed: bool = True, max_lr_multiplier: float = 10.0) -> None:
     """Refuse a job that cannot run, naming the field, before anything is stored. `teacher_keys`: the
     configured teacher key names and the base URL each is for; `qlora_on_cpu`: the operator lets
     QLoRA run on a machine without a GPU (bitsandbytes has a CPU backend, slower than bf16 LoRA)."""
@@ -148,10 +151,9 @@ def validate_job(spec: JobSpec, *, known_models: list[str], cuda_available: bool
         raise InvalidArgument("n_epochs must be between 1 and 50", param="hyperparameters.n_epochs")
     if hp.batch_size is not None and not 1 <= hp.batch_size <= 256:
         raise InvalidArgument("batch_size must be between 1 and 256", param="hyperparameters.batch_size")
-    if hp.learning_rate_multiplier is not None and not 0 < hp.learning_rate_multiplier <= 10:
-        raise InvalidArgument(
-            "learning_rate_multiplier must be above 0 and at most 10", param="hyperparameters.learning_rate_multiplier"
-        )
+    if hp.learning_rate_multiplier is not None and not 0 < hp.learning_rate_multiplier <= max_lr_multiplier:
+        raise InvalidArgument(f"learning_rate_multiplier must be above 0 and at most {max_lr_multiplier:g}",
+                              param="hyperparameters.learning_rate_multiplier")
     if spec.suffix and not _SUFFIX.match(spec.suffix):
         raise InvalidArgument(
             "suffix must be at most 64 characters: lower-case letters, digits and '-'", param="suffix"
@@ -227,3 +229,12 @@ def resolve_hyperparameters(requested: Hyperparameters, *, n_train: int, recomme
 
 def fine_tuned_model_id(base_model: str, tenant: str, suffix: str, job_id: str) -> str:
     return f"ft:{base_model}:{tenant}:{suffix}:{job_id}"
+
+
+def is_fine_tuned_id(model_id: str) -> bool:
+    return model_id.startswith("ft:")
+
+
+def suffix_for(name: str) -> str:
+    """A valid suffix made from a name (a deployment's): lower-case letters, digits and '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:64].rstrip("-")

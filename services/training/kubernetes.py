@@ -186,6 +186,9 @@ def cluster_spec(spec: dict[str, Any], runner: KubernetesRunner, data_dir: Path)
     for field in SPEC_PATHS:
         if moved.get(field):
             moved[field] = _to_mount(moved[field], data_dir, runner.data_mount, field)
+    if moved.get("init_from"):  # a warm start's parent, in the model store
+        path = _to_mount(moved["init_from"]["path"], data_dir, runner.data_mount, "init_from")
+        moved["init_from"] = {**moved["init_from"], "path": path}
     return moved
 
 

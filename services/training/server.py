@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -11,26 +10,27 @@ from google.protobuf import json_format
 
 from protos import training_pb2, training_pb2_grpc
 from services.shared.errors import InvalidArgument
-from services.shared.models import ModelStore, bitsandbytes_installed
+from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
 from services.shared.rpc import tenant_of
-from services.training import store
+from services.training import events, store
 from services.training.distillation import TeacherRef
+from services.training.intake import JobIntake
 from services.training.jobs import (
     DEFAULT_BETA,
     DEFAULT_REPLAY_FRACTION,
     Hyperparameters,
     JobSpec,
-    validate_full_size,
-    validate_job,
+    fine_tuned_model_id,
 )
-from services.training.provider import LOCAL, validate_provider
+from services.training.provider import LOCAL
 from services.training.registry import ModelRegistry, RegisteredModel
 from services.training.settings import TrainingSettings
 from services.training.supervisor import JobSupervisor
 
 
 def _model_message(model: RegisteredModel) -> training_pb2.Model:
+    lineage = model.lineage or {}
     return training_pb2.Model(
         id=model.id,
         created=model.created,
@@ -41,6 +41,10 @@ def _model_message(model: RegisteredModel) -> training_pb2.Model:
         unavailable_reason=model.unavailable_reason,
         path=model.path,
         provider_model=model.provider_model,
+        parent_model=lineage.get("parent") or "",
+        job_id=lineage.get("job_id", ""),
+        training_dataset=lineage.get("training_dataset", ""),
+        validation_dataset=lineage.get("validation_dataset", ""),
     )
 
 
@@ -130,15 +134,11 @@ def _limit(limit: int, default: int = 20) -> int:
 
 
 class TrainingServicer(training_pb2_grpc.TrainingServicer):
-    def __init__(self, runtime: Runtime, registry: ModelRegistry, models: ModelStore, supervisor: JobSupervisor):
+    def __init__(self, runtime: Runtime, registry: ModelRegistry, intake: JobIntake, supervisor: JobSupervisor):
         self._db = runtime.db
         self._registry = registry
-        self._models = models
+        self._intake = intake
         self._supervisor = supervisor
-        self._teacher_keys = runtime.settings.teacher_key_urls()
-        self._max_full_parameters = runtime.settings.max_full_parameters
-        self._qlora_on_cpu = runtime.settings.qlora_on_cpu
-        self._provider_configured = runtime.settings.provider_configured
 
     async def ListModels(self, request, context):
         models = await self._registry.list_models(tenant_of(context))
@@ -153,34 +153,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         return training_pb2.DeleteModelResponse(model_id=request.model_id, deleted=True)
 
     async def CreateJob(self, request, context):
-        import torch  # only to ask whether a CUDA GPU is there
-
-        tenant = tenant_of(context)
-        spec = _spec(request)
-        provider = request.provider or LOCAL
-        validate_provider(provider, configured=self._provider_configured, method=spec.method)
-        # A provider job names the remote's base model, which the remote checks when it is created.
-        known_models = self._models.base_model_ids() if provider == LOCAL else [spec.model]
-        validate_job(spec, known_models=known_models, cuda_available=torch.cuda.is_available(),
-                     teacher_keys=self._teacher_keys, qlora_on_cpu=self._qlora_on_cpu,
-                     bitsandbytes_installed=bitsandbytes_installed())
-        if spec.method == "full":
-            parameters = await asyncio.to_thread(self._models.parameter_count, spec.model)
-            validate_full_size(parameters, self._max_full_parameters)
-        record = store.JobRecord(
-            id=store.new_id("ftjob"), tenant=tenant, status=store.VALIDATING, model=spec.model,
-            training_file=spec.training_file, validation_file=spec.validation_file, training_dataset="",
-            validation_dataset="", hyperparameters=json.dumps({"requested": spec.hyperparameters_dict()}),
-            method=json.dumps(spec.method_dict()), suffix=spec.suffix, seed=spec.seed,
-            metadata=json.dumps(spec.metadata), fine_tuned_model="", trained_tokens=0, error_code="",
-            error_message="", error_param="", created_at=store.now(), finished_at=None, estimated_finish=None,
-            idempotency_key=request.idempotency_key or None, attempts=0, provider=provider,
-        )
         async with self._db.transaction() as session:
-            stored, created = await store.add_job(session, record)
-            if created:
-                await store.add_event(session, stored.id, f"Created fine-tuning job: {stored.id}")
-                await store.add_event(session, stored.id, "Validating training file: " + stored.training_file)
+            stored, created = await self._intake.create(session, tenant_of(context), _spec(request),
+                                                        provider=request.provider or LOCAL,
+                                                        idempotency_key=request.idempotency_key)
         self._supervisor.wake()
         return training_pb2.CreateJobResponse(job=job_message(stored), created=created)
 
@@ -226,7 +202,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         async with self._db.transaction() as session:
             job = await store.get_job(session, tenant_of(context), request.job_id)
             rows = await store.list_checkpoints(session, request.job_id, limit + 1)
-        base_id = job.fine_tuned_model or f"ft:{job.model}:{job.tenant}:{job.suffix}:{job.id}"
+        base_id = job.fine_tuned_model or fine_tuned_model_id(job.root_base, job.tenant, job.suffix, job.id)
         checkpoints = [
             training_pb2.JobCheckpoint(
                 id=row.id, created_at=row.created_at, fine_tuned_model_checkpoint=f"{base_id}:ckpt-step-{row.step}",
@@ -244,12 +220,14 @@ async def build(runtime: Runtime) -> ServiceParts:
     supervisor = JobSupervisor(runtime, max_concurrent=settings.max_concurrent_jobs,
                                max_attempts=settings.max_job_attempts)
     registry = ModelRegistry(models, runtime.db, supervisor.adapters_dir)
+    intake = JobIntake(models, settings)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        training_pb2_grpc.add_TrainingServicer_to_server(TrainingServicer(runtime, registry, models, supervisor), server)
+        training_pb2_grpc.add_TrainingServicer_to_server(TrainingServicer(runtime, registry, intake, supervisor), server)
         return [training_pb2.DESCRIPTOR.services_by_name["Training"].full_name]
 
-    return ServiceParts(register=register, background=[supervisor.run])
+    return ServiceParts(register=register, subscriptions=events.subscriptions(runtime, intake, supervisor),
+                        background=[supervisor.run])
 
 
 DEFINITION = ServiceDefinition(

@@ -3,6 +3,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
+from services.training.jobs import DEFAULT_REPLAY_FRACTION
 from services.training.kubernetes import KubernetesRunner
 
 
@@ -11,6 +12,9 @@ class TeacherKey(BaseModel):
 
     base_url: str
     api_key: SecretStr
+
+
+LOOP_MAX_LR_MULTIPLIER = 1000.0
 
 
 class TrainingSettings(ServiceSettings):
@@ -38,6 +42,17 @@ class TrainingSettings(ServiceSettings):
     # manifest (settings below) into its job directory; this service does not submit it.
     runner: Literal["local", "kubernetes"] = "local"
     kubernetes: KubernetesRunner = Field(default_factory=KubernetesRunner)
+
+    # The feedback loop's retraining jobs (events.py): their hyperparameters, 0 meaning "auto", and the
+    # share of general examples replayed against forgetting.
+    loop_n_epochs: int = Field(default=0, ge=0, le=50)
+    loop_batch_size: int = Field(default=0, ge=0, le=256)
+    # Unlike a request's, not capped at 10: full fine-tuning's base rate (2e-5) suits large models, and
+    # the operator of a small one may need far more.
+    loop_learning_rate_multiplier: float = Field(default=0.0, ge=0, le=LOOP_MAX_LR_MULTIPLIER)
+    # "supervised" (LoRA) or "full"; empty: "full" when the deployed version is a full fine-tune, else LoRA.
+    loop_method: Literal["", "supervised", "full"] = ""
+    loop_replay_fraction: float = Field(default=DEFAULT_REPLAY_FRACTION, ge=0, le=0.9)
 
     # provider "openai": the OpenAI-compatible fine-tuning API a job may run on instead of here.
     provider_base_url: str = ""

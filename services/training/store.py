@@ -51,6 +51,9 @@ jobs = sa.Table(
     sa.Column("provider_job_id", sa.String(64), nullable=False, server_default=""),
     sa.Column("provider_model", sa.String(255), nullable=False, server_default=""),
     sa.Column("provider_event_cursor", sa.String(64), nullable=False, server_default=""),
+    # The base model the job trains from: its `model` itself, or for a warm start (`model` a
+    # fine-tuned model) the base model that one descends from.
+    sa.Column("base_model", sa.String(255), nullable=False, server_default=""),
     sa.UniqueConstraint("tenant", "idempotency_key", name="uq_training_jobs_idempotency"),
     sa.Index("ix_training_jobs_tenant", "tenant", "created_at"),
     sa.Index("ix_training_jobs_status", "status"),
@@ -142,21 +145,39 @@ class JobRecord:
     provider_job_id: str = ""
     provider_model: str = ""
     provider_event_cursor: str = ""
+    base_model: str = ""
+
+    @property
+    def root_base(self) -> str:
+        """The base model the job trains from (rows written before warm starts have no base_model)."""
+        return self.base_model or self.model
+
+    @property
+    def parent_model(self) -> str:
+        """The fine-tuned model the job warm-starts from; empty when it starts from its base model."""
+        return self.model if self.model != self.root_base else ""
+
+    @property
+    def loop_metadata(self) -> dict[str, str]:
+        """The deployment and retrain request the job is for, from its metadata (empty when none)."""
+        metadata = json.loads(self.metadata or "{}")
+        return {key: metadata.get(key, "") for key in ("deployment", "retrain_request_id")}
 
     @classmethod
     def from_row(cls, row) -> JobRecord:
         return cls(**{f.name: row._mapping[f.name] for f in fields(cls)})
 
 
+async def job_by_idempotency_key(session: AsyncSession, tenant: str, key: str) -> JobRecord | None:
+    row = (await session.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.idempotency_key == key))).first()
+    return JobRecord.from_row(row) if row else None
+
+
 async def add_job(session: AsyncSession, record: JobRecord) -> tuple[JobRecord, bool]:
     if record.idempotency_key:
-        existing = (
-            await session.execute(
-                sa.select(jobs).where(jobs.c.tenant == record.tenant, jobs.c.idempotency_key == record.idempotency_key)
-            )
-        ).first()
+        existing = await job_by_idempotency_key(session, record.tenant, record.idempotency_key)
         if existing:
-            return JobRecord.from_row(existing), False
+            return existing, False
     await session.execute(jobs.insert().values(**record.__dict__))
     return record, True
 

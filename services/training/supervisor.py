@@ -30,19 +30,18 @@ import openai
 from google.protobuf import json_format
 
 from protos import dataprep_pb2, dataprep_pb2_grpc, events_pb2
-from services.shared.bus import new_envelope
 from services.shared.errors import (
     FailedPrecondition,
     InvalidArgument,
+    NotFound,
     NotImplementedYet,
     TuneloopError,
     Unavailable,
 )
-from services.shared.outbox import add_to_outbox
 from services.shared.process import Runtime
 from services.shared.rpc import error_from_rpc, open_channel, tenant_metadata
 from services.shared.subjects import TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_PROGRESS
-from services.training import kubernetes, store
+from services.training import events, kubernetes, store
 from services.training.distillation import TEACHER_API_KEY_ENV
 from services.training.jobs import (
     Hyperparameters,
@@ -52,6 +51,7 @@ from services.training.jobs import (
     validate_training_format,
 )
 from services.training.provider import LOCAL, RemoteFineTuning, RemoteJobSpec, follow_remote_job, remote_error
+from services.training.warm_start import parent_of
 
 log = logging.getLogger(__name__)
 POLL_S = 1.0
@@ -140,7 +140,7 @@ class JobSupervisor:
     # ---- validating_files -> queued ---------------------------------------------------------------
 
     async def _prepare(self, job: store.JobRecord, file_id: str, validation_fraction: float) -> str:
-        options = dataprep_pb2.PrepareOptions(base_model=job.model, validation_fraction=validation_fraction,
+        options = dataprep_pb2.PrepareOptions(base_model=job.root_base, validation_fraction=validation_fraction,
                                               seed=job.seed)
         response = await self._dataprep.PrepareDataset(
             dataprep_pb2.PrepareDatasetRequest(file_id=file_id, options=options),
@@ -232,7 +232,7 @@ class JobSupervisor:
         job_dir.mkdir(parents=True, exist_ok=True)
         spec = {
             "job_id": job.id,
-            "base_model": job.model,
+            "base_model": job.root_base,
             "train_path": train_path,
             "validation_path": validation_path,
             "hyperparameters": {**json.loads(job.hyperparameters)["resolved"],
@@ -244,6 +244,7 @@ class JobSupervisor:
             "resume_from": resume_from,
         }
         try:
+            spec["init_from"] = await self._init_from(job)
             env = self._child_env() | self._teacher_env(spec["method"])
             if self._settings.runner == "kubernetes":
                 self._write_manifests(spec, job_dir)
@@ -272,6 +273,18 @@ class JobSupervisor:
             return
         running = RunningJob(job=job, process=process, reader=asyncio.create_task(self._follow(job, process)))
         self._running[job.id] = running
+
+    async def _init_from(self, job: store.JobRecord) -> dict[str, str] | None:
+        """The weights a warm-started job starts from: its parent's, looked up again as the job starts
+        (a checkpoint's, when it resumes, still win in the trainer)."""
+        if not job.parent_model:
+            return None
+        async with self._db.transaction() as session:
+            row = await store.find_model(session, job.tenant, job.parent_model)
+        if row is None:
+            raise NotFound(f"The model '{job.parent_model}' this job warm-starts from was deleted", param="model",
+                           code="model_not_found")
+        return parent_of(row).init_from()
 
     def _child_env(self) -> dict[str, str]:
         """The job process reads its settings from the environment: hand it this service's model
@@ -431,25 +444,24 @@ class JobSupervisor:
                 current = await store.job_by_id(session, job.id)
                 if current.status not in (store.RUNNING, store.PAUSED):
                     return True  # cancelled meanwhile; a pause that came after the last step keeps the model
-                model_id = fine_tuned_model_id(job.model, job.tenant, job.suffix, job.id)
+                model_id = fine_tuned_model_id(job.root_base, job.tenant, job.suffix, job.id)
                 lineage = {
-                    "base_model": job.model, "job_id": job.id, "training_file": job.training_file,
+                    "base_model": job.root_base, "job_id": job.id, "training_file": job.training_file,
                     "training_dataset": job.training_dataset, "validation_dataset": job.validation_dataset,
                     "hyperparameters": json.loads(job.hyperparameters)["resolved"], "method": json.loads(job.method),
-                    "metrics": message.get("metrics", {}), "parent": None,
+                    "metrics": message.get("metrics", {}), "parent": job.parent_model or None,
                 }
                 if job.provider != LOCAL:
                     lineage.update(provider=job.provider, provider_model=message.get("provider_model", ""))
-                await store.add_model(session, id=model_id, tenant=job.tenant, base_model=job.model, job_id=job.id,
-                                      path=message["adapter_path"], lineage=json.dumps(lineage))
+                await store.add_model(session, id=model_id, tenant=job.tenant, base_model=job.root_base,
+                                      job_id=job.id, path=message["adapter_path"], lineage=json.dumps(lineage))
                 await store.update_job(session, job.id, status=store.SUCCEEDED, fine_tuned_model=model_id,
                                        trained_tokens=int(message.get("trained_tokens", 0)), finished_at=store.now(),
                                        provider_model=message.get("provider_model", ""))
                 await store.add_event(session, job.id, f"The job has successfully completed: {model_id}.")
                 await self._publish(session, job, TRAINING_COMPLETED, events_pb2.TrainingCompleted(
-                    job_id=job.id, model_version=model_id, base_model=job.model,
-                    deployment=json.loads(job.metadata or "{}").get("deployment", ""),
-                    dataset_id=job.validation_dataset,
+                    job_id=job.id, model_version=model_id, base_model=job.root_base, **job.loop_metadata,
+                    parent_version=job.parent_model, dataset_id=job.validation_dataset,
                     dataset_split="train" if job.validation_dataset != job.training_dataset else "validation"))
                 return True
             if kind == "failed":
@@ -460,16 +472,14 @@ class JobSupervisor:
         return False
 
     async def _publish(self, session, job: store.JobRecord, event_type: str, payload) -> None:
-        await add_to_outbox(session, self._runtime.tables,
-                            new_envelope(event_type, payload, source="training", tenant=job.tenant))
-        self._runtime.relay.poke()
+        await events.publish(session, self._runtime, job.tenant, event_type, payload)
 
     async def _fail(self, session, job: store.JobRecord, code: str, message: str, *, param: str = "") -> None:
         await store.update_job(session, job.id, status=store.FAILED, error_code=code, error_message=message,
                                error_param=param, finished_at=store.now())
         await store.add_event(session, job.id, f"The job failed: {message}", level="error")
         await self._publish(session, job, TRAINING_FAILED,
-                            events_pb2.TrainingFailed(job_id=job.id, code=code, message=message))
+                            events_pb2.TrainingFailed(job_id=job.id, code=code, message=message, **job.loop_metadata))
 
     # ---- cancel and shutdown ----------------------------------------------------------------------
 

@@ -14,6 +14,10 @@ run had never stopped. The final adapter has the weights of the epoch with the l
 loss (the last epoch when there is no validation set) and carries the tokenizer and chat template
 it was trained with, so serving renders prompts the same way. With `method="full"` the "adapter"
 directory holds a whole model instead (config and safetensors); its manifest says `"kind": "full"`.
+
+`init_from` (a `WarmStart`) starts a run from a fine-tuned model's weights instead of fresh ones:
+the adapter keeps its shape and starts from the parent's values, or a "full" run starts from the
+parent's whole model. A checkpoint's weights still win over it when a run resumes.
 """
 
 from __future__ import annotations
@@ -159,6 +163,15 @@ class TrainConfig:
         return {**asdict(self), "target_modules": list(self.target_modules)}
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Trained weights a run starts from: a LoRA adapter's directory ("lora", for the LoRA methods,
+    with the run's adapter of the same shape) or a whole model's ("full", for method "full")."""
+
+    path: Path
+    kind: str
+
+
 @dataclass
 class TrainState:
     """Counters that make a resumed run continue exactly where the checkpoint left it."""
@@ -224,6 +237,7 @@ class Trainer:
         output_dir: Path,
         base_model_id: str,
         cancel: threading.Event | Callable[[], bool] | None = None,
+        init_from: WarmStart | None = None,
     ):
         if config.early_stopping_patience is not None and not valid_examples:
             raise InvalidArgument("early stopping needs a validation set", param="early_stopping_patience")
@@ -233,6 +247,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.base_model_id = base_model_id
         self._cancel = cancel
+        self._init_from = init_from
         self.model: Any = None
         self.state = TrainState()
         self.objective = _objective(config)
@@ -279,10 +294,14 @@ class Trainer:
             self.model = wrap_with_lora(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
                                         target_modules=config.target_modules, bf16=bf16)
             self.model.peft_config["default"].base_model_name_or_path = self.base_model_id
+        if self._init_from is not None:
+            self._warm_start(self._init_from)
         self.model.train()
         if isinstance(objective, DpoObjective):
+            # The reference is the policy as the run starts: a warm start's parent, else the base.
             self.train_data, self.valid_data = (
-                objective.prepare(self.model, data, self.pad_id, bf16, config.max_tokens_per_microbatch)
+                objective.prepare(self.model, data, self.pad_id, bf16, config.max_tokens_per_microbatch,
+                                  reference_adapter=self._init_from is not None)
                 for data in (self.train_data, self.valid_data))
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self._params, lr=config.learning_rate, weight_decay=config.weight_decay,
@@ -292,6 +311,12 @@ class Trainer:
         warmup = round(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _linear_warmup_decay(warmup, self.total_steps))
         self._best_weights: dict[str, torch.Tensor] | None = None
+
+    def _warm_start(self, init: WarmStart) -> None:
+        if (init.kind == "full") != self._full:
+            raise InvalidArgument(f"a {init.kind} model cannot start a {self.config.method} run: a whole model "
+                                  "starts method 'full' only, an adapter the LoRA methods only", param="model")
+        self._load_weights(self._saved_weights(Path(init.path), param="model"), param="model")
 
     def _require_setup(self) -> None:
         if self.model is None:
@@ -425,16 +450,32 @@ class Trainer:
             return full.trainable_weights(self.model)
         return get_peft_model_state_dict(self.model, save_embedding_layers=False)
 
-    def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def _load_weights(self, weights: dict[str, torch.Tensor], param: str = "checkpoint") -> None:
         from peft.utils import set_peft_model_state_dict
 
         if self._full:
-            full.load_trainable_weights(self.model, weights)
+            full.load_trainable_weights(self.model, weights, param=param)
             return
-        result = set_peft_model_state_dict(self.model, weights)
-        if result.unexpected_keys:
-            raise InvalidArgument(f"adapter weights do not fit this model: {result.unexpected_keys[:3]}",
-                                  param="checkpoint")
+        ours = self._adapter_weights()
+        misfits = sorted(name for name, tensor in weights.items()
+                         if name not in ours or ours[name].shape != tensor.shape)
+        missing = sorted(set(ours) - set(weights))
+        if misfits or missing:
+            raise InvalidArgument(f"adapter weights do not fit this model's adapter (r={self.config.lora_r}, "
+                                  f"target_modules={list(self.config.target_modules)}): unexpected or of another "
+                                  f"shape {misfits[:3]}, missing {missing[:3]}", param=param)
+        set_peft_model_state_dict(self.model, weights)
+
+    def _saved_weights(self, directory: Path, param: str) -> dict[str, torch.Tensor]:
+        """The trainable weights `save_adapter` wrote to `directory`; safetensors only, never pickles."""
+        from safetensors.torch import load_file
+
+        if self._full:
+            return full.read_saved_weights(directory, param=param)
+        adapter = directory / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise InvalidArgument(f"{directory} has no adapter_model.safetensors", param=param)
+        return load_file(str(adapter))
 
     def save_adapter(self, directory: Path) -> Path:
         """A servable adapter: peft's files (safetensors), the tokenizer with its chat template,
@@ -505,8 +546,7 @@ class Trainer:
         state = TrainState(**saved["state"])
         if state.data_sha256 != self.state.data_sha256:
             raise InvalidArgument("checkpoint was made from different training data", param="checkpoint")
-        self._load_weights(full.read_saved_weights(directory) if self._full
-                           else load_file(str(directory / "adapter_model.safetensors")))
+        self._load_weights(self._saved_weights(directory, param="checkpoint"))
         # weights_only: our own dicts of tensors and numbers; never unpickle arbitrary objects.
         blob = torch.load(directory / STATE_TENSORS, weights_only=True)
         self.optimizer.load_state_dict(blob["optimizer"])

@@ -17,8 +17,9 @@ from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
 from services.training.batching import IGNORE_INDEX
 from services.training.dpo import encode_pairs, sequence_log_probs
-from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer
+from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer, WarmStart
 from tests.training.test_trainer import load_tiny, parity_examples
+from tests.training.test_trainer import make_trainer as make_supervised_trainer
 
 
 def preference_pairs(count: int, seed: int) -> list[dict]:
@@ -38,11 +39,12 @@ def preference_pairs(count: int, seed: int) -> list[dict]:
     return pairs
 
 
-def make_trainer(tiny_model_dir: Path, output_dir: Path, cancel=None, **overrides) -> Trainer:
+def make_trainer(tiny_model_dir: Path, output_dir: Path, cancel=None, init_from=None, **overrides) -> Trainer:
     settings = {"n_epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "bf16": False, "seed": 7, "method": "dpo",
                 "dpo_beta": 0.1, **overrides}
     trainer = Trainer(TrainConfig(**settings), load_tiny(tiny_model_dir), preference_pairs(12, seed=1),
-                      preference_pairs(4, seed=2), output_dir=output_dir, base_model_id="tiny-llama", cancel=cancel)
+                      preference_pairs(4, seed=2), output_dir=output_dir, base_model_id="tiny-llama", cancel=cancel,
+                      init_from=init_from)
     trainer.setup()
     return trainer
 
@@ -138,3 +140,16 @@ def test_a_dpo_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tiny
     actual = load_file(result.adapter_dir / "adapter_model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, atol=1e-5, rtol=1e-4)
+
+
+def test_a_dpo_run_warm_started_from_an_adapter_takes_it_as_the_reference(tiny_model_dir, tmp_path):
+    """The reference is the policy as the run starts: from a supervised adapter, that adapter (not the
+    bare base), so every reward starts at 0 and the loss at log 2, as a run from the base does."""
+    adapter = make_supervised_trainer(tiny_model_dir, tmp_path / "sft", n_epochs=1).train().adapter_dir
+    warm = make_trainer(tiny_model_dir, tmp_path / "warm", init_from=WarmStart(adapter, "lora"))
+    cold = make_trainer(tiny_model_dir, tmp_path / "cold")
+    shifts = [abs(w.ref_chosen - c.ref_chosen) for w, c in zip(warm.train_data, cold.train_data, strict=True)]
+    assert min(shifts) > 0.1, shifts  # the adapter's log-probs, not the base's
+    metrics = warm.evaluate()
+    assert metrics["full_valid_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert metrics["full_valid_reward_margin"] == pytest.approx(0.0, abs=1e-5)

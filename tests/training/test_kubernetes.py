@@ -36,6 +36,8 @@ def _spec(data_dir: Path, **method) -> dict:
         "job_dir": str(data_dir / "training" / "jobs" / JOB_ID),
         "adapter_dir": str(data_dir / "models" / "adapters" / JOB_ID),
         "resume_from": str(data_dir / "training" / "jobs" / JOB_ID / "checkpoints" / "epoch-1"),
+        "init_from": {"model": "ft:smollm2-135m-instruct:acme:x:ftjob-1", "kind": "lora",
+                      "path": str(data_dir / "models" / "adapters" / "ftjob-1")},
     }
 
 
@@ -80,6 +82,7 @@ def test_a_single_node_fsdp_job_is_a_valid_batch_v1_job_with_its_spec_and_config
     assert spec["train_path"] == f"/data/artifacts/sha256/ab/{'c' * 62}"
     assert spec["adapter_dir"] == f"/data/models/adapters/{JOB_ID}"
     assert spec["resume_from"] == f"/data/training/jobs/{JOB_ID}/checkpoints/epoch-1"
+    assert spec["init_from"] == {**_spec(tmp_path)["init_from"], "path": "/data/models/adapters/ftjob-1"}
     assert spec["hyperparameters"] == _spec(tmp_path)["hyperparameters"]
     accelerate = yaml.safe_load(config_map["data"]["accelerate.yaml"])
     assert accelerate["distributed_type"] == "FSDP" and accelerate["num_processes"] == 4
@@ -171,6 +174,10 @@ def test_names_and_paths_that_cannot_reach_the_cluster_are_refused(tmp_path):
     escaping = {**spec, "adapter_dir": str(tmp_path / "models" / ".." / ".." / "elsewhere")}
     with pytest.raises(InvalidArgument):
         render_manifests(escaping, KubernetesRunner(), tmp_path)
+    parent_outside = {**spec, "init_from": {**spec["init_from"], "path": "/srv/adapters/ftjob-1"}}
+    with pytest.raises(InvalidArgument) as error:
+        render_manifests(parent_outside, KubernetesRunner(), tmp_path)
+    assert error.value.param == "init_from"
 
 
 def test_the_container_command_runs_the_job_process_from_a_spec_file(tmp_path):

@@ -20,7 +20,7 @@ from services.training.batching import (
     length_grouped_batches,
     micro_batches,
 )
-from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer
+from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer, WarmStart
 
 # SmolLM2-135M-Instruct's own template (as its GGUF carries it): a default system prompt when the
 # conversation has none.
@@ -56,7 +56,8 @@ def load_tiny(tiny_model_dir: Path):
     return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def make_trainer(tiny_model_dir: Path, output_dir: Path, train=None, valid=None, cancel=None, **overrides) -> Trainer:
+def make_trainer(tiny_model_dir: Path, output_dir: Path, train=None, valid=None, cancel=None, init_from=None,
+                 **overrides) -> Trainer:
     settings = {"n_epochs": 3, "batch_size": 4, "learning_rate": 2e-2, "bf16": False, "seed": 7, **overrides}
     trainer = Trainer(
         TrainConfig(**settings),
@@ -66,6 +67,7 @@ def make_trainer(tiny_model_dir: Path, output_dir: Path, train=None, valid=None,
         output_dir=output_dir,
         base_model_id="tiny-llama",
         cancel=cancel,
+        init_from=init_from,
     )
     trainer.setup()
     return trainer
@@ -224,6 +226,58 @@ def test_resume_refuses_a_checkpoint_of_different_settings(tiny_model_dir, tmp_p
     with pytest.raises(InvalidArgument) as error:
         other.resume_from(tmp_path / "checkpoints" / "epoch-1")
     assert error.value.param == "checkpoint" and "lora_r" in error.value.message
+
+
+# ---- warm start ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["supervised", "full"])
+def test_a_warm_started_run_starts_from_its_parents_weights(tiny_model_dir, tmp_path, method):
+    rate = {"learning_rate": 1e-3} if method == "full" else {}
+    _, _, parent = run(make_trainer(tiny_model_dir, tmp_path / "parent", n_epochs=2, method=method, **rate))
+    kind = "full" if method == "full" else "lora"
+    scratch = make_trainer(tiny_model_dir, tmp_path / "scratch", n_epochs=1, method=method, **rate)
+    warm = make_trainer(tiny_model_dir, tmp_path / "warm", n_epochs=1, method=method,
+                        init_from=WarmStart(parent.adapter_dir, kind), **rate)
+    scratch_loss, warm_loss = scratch.evaluate()["full_valid_loss"], warm.evaluate()["full_valid_loss"]
+    assert warm_loss == pytest.approx(parent.metrics["full_valid_loss"], abs=1e-4)
+    assert warm_loss < scratch_loss - 0.5
+    scratch_steps, _, _ = run(scratch)
+    warm_steps, _, _ = run(warm)
+    assert warm_steps[0]["train_loss"] < scratch_steps[0]["train_loss"] - 0.5
+
+
+def test_a_warm_start_that_does_not_fit_the_run_is_refused_naming_the_model(tiny_model_dir, tmp_path):
+    parent = make_trainer(tiny_model_dir, tmp_path / "parent", n_epochs=1).save_adapter(tmp_path / "adapter")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_model.bin").write_bytes(b"never unpickled")
+    adapter = WarmStart(parent, "lora")
+    for init_from, overrides, says in (
+        (adapter, {"lora_r": 4}, "do not fit"),
+        (adapter, {"target_modules": ("q_proj", "v_proj")}, "do not fit"),
+        (adapter, {"method": "full"}, "cannot start a full run"),
+        (WarmStart(parent, "full"), {}, "cannot start a supervised run"),
+        (WarmStart(pickled, "lora"), {}, "has no adapter_model.safetensors"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            make_trainer(tiny_model_dir, tmp_path / "run", n_epochs=1, init_from=init_from, **overrides)
+        assert error.value.param == "model" and says in error.value.message, error.value.message
+
+
+def test_a_warm_started_run_resumes_from_its_checkpoint_not_from_the_parent(tiny_model_dir, tmp_path):
+    _, _, parent = run(make_trainer(tiny_model_dir, tmp_path / "parent", n_epochs=1))
+    init_from = WarmStart(parent.adapter_dir, "lora")
+    whole_steps, _, _ = run(make_trainer(tiny_model_dir, tmp_path / "whole", n_epochs=2, init_from=init_from))
+
+    stop = threading.Event()
+    interrupted = make_trainer(tiny_model_dir, tmp_path / "resumed", n_epochs=2, init_from=init_from, cancel=stop)
+    interrupted.train(lambda event: stop.set() if event["type"] == "epoch" else None)
+    resumed = make_trainer(tiny_model_dir, tmp_path / "resumed", n_epochs=2, init_from=init_from)
+    resumed.resume_from(tmp_path / "resumed" / "checkpoints" / "epoch-1")
+    resumed_steps, _, _ = run(resumed)
+    assert [s["train_loss"] for s in resumed_steps] == pytest.approx([s["train_loss"] for s in whole_steps[6:]],
+                                                                     abs=1e-5)
 
 
 def test_early_stopping_stops_when_validation_loss_stops_improving(tiny_model_dir, tmp_path):
