@@ -4,9 +4,11 @@ corrections wait for a person.
 - A user may post at most `user_corrections_per_hour` corrections to a deployment.
 - No user supplies more than `max_user_share` of a batch: their corrections past it are held back
   for a later batch, never dropped.
-- A correction that is a near-duplicate of another correction by the same user (the same answer
-  pushed at many prompts), or that contradicts another user's correction of the same prompt, is
-  quarantined until someone releases or rejects it.
+- A correction that is a near-duplicate of another correction by the same user, or that contradicts
+  another user's correction of the same prompt, is quarantined until someone releases or rejects it.
+  A long answer is compared on its own (the same text pushed at many prompts); a short one (a label,
+  at most LABEL_WORDS words, which many prompts legitimately share) is compared together with its
+  prompt (the same example posted again and again with small changes).
 
 Similarity is the exact Jaccard index of word 3-shingles. datasketch's MinHash estimates the same
 index for large collections (data-prep uses it over whole datasets); here one user's recent
@@ -24,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+LABEL_WORDS = 4
 
 
 def normalise(text: str) -> str:
@@ -59,16 +62,28 @@ class PriorCorrection:
     completion_id: str
     prompt_key: str
     correction: str
+    # The prompt's text (its messages' contents, joined).
+    prompt: str = ""
 
 
-def near_duplicate_of(correction: str, completion_id: str, own: Iterable[PriorCorrection],
+def _compared_text(prompt: str, correction: str) -> str:
+    return correction if len(normalise(correction).split()) > LABEL_WORDS else f"{prompt}\n{correction}"
+
+
+def near_duplicate_of(prompt: str, correction: str, completion_id: str, own: Iterable[PriorCorrection],
                       threshold: float) -> PriorCorrection | None:
     """The user's earlier correction (of another completion) this one nearly repeats, if any."""
-    mine = shingles(correction)
+    mine = shingles(_compared_text(prompt, correction))
     for prior in own:
-        if prior.completion_id != completion_id and jaccard(mine, shingles(prior.correction)) >= threshold:
+        if prior.completion_id == completion_id:
+            continue
+        if jaccard(mine, shingles(_compared_text(prior.prompt, prior.correction))) >= threshold:
             return prior
     return None
+
+
+def prompt_text(messages: Sequence[Mapping[str, str]]) -> str:
+    return "\n".join(m.get("content", "") for m in messages)
 
 
 def contradicted_by(correction: str, user: str, same_prompt: Iterable[PriorCorrection]) -> list[PriorCorrection]:

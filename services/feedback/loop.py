@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.feedback import store
-from services.feedback.guards import contradicted_by, near_duplicate_of, prompt_key, select_batch
+from services.feedback.guards import contradicted_by, near_duplicate_of, prompt_key, prompt_text, select_batch
 from services.feedback.intake import FeedbackIn
 from services.feedback.policy import LoopPolicy
 from services.feedback.retrain_trigger import (
@@ -157,7 +157,8 @@ class Loop:
             feedback_id = store.new_id("fb")
             status, reason = store.RATING, ""
             if item.is_correction:
-                status, reason = await self._guard(session, tenant, deployment, policy, item, key, feedback_id)
+                status, reason = await self._guard(session, tenant, deployment, policy, item, completion.messages,
+                                                   feedback_id)
             row = {
                 "id": feedback_id, "tenant": tenant, "completion_id": completion.id, "model": completion.model,
                 "deployment": deployment, "rating": item.rating, "correction": item.correction,
@@ -175,7 +176,7 @@ class Loop:
         return Submitted(row, created=True, retrain_request_id=request_id)
 
     async def _guard(self, session: AsyncSession, tenant: str, deployment: str, policy: LoopPolicy, item: FeedbackIn,
-                     key: str, feedback_id: str) -> tuple[str, str]:
+                     messages: list[dict[str, str]], feedback_id: str) -> tuple[str, str]:
         """(status, reason) of a new correction: pending, or quarantined by a guard; or refused."""
         hour_ago = store.now() - 3600
         if await store.corrections_by_user_since(session, tenant, deployment, item.user, hour_ago) \
@@ -189,11 +190,12 @@ class Loop:
                                quarantine_reason=f"superseded by {feedback_id}")
         own = [p for p in await store.own_recent_corrections(session, tenant, deployment, item.user)
                if p.id not in superseded]
-        repeated = near_duplicate_of(item.correction, item.completion_id, own, policy.near_duplicate_threshold)
+        repeated = near_duplicate_of(prompt_text(messages), item.correction, item.completion_id, own,
+                                     policy.near_duplicate_threshold)
         if repeated is not None:
             return store.QUARANTINED, (f"near-duplicate of {repeated.id}, another correction by the same user "
                                        f"(similarity at least {policy.near_duplicate_threshold})")
-        same_prompt = [p for p in await store.corrections_of_prompt(session, tenant, deployment, key)
+        same_prompt = [p for p in await store.corrections_of_prompt(session, tenant, deployment, prompt_key(messages))
                        if p.id not in superseded]
         conflicts = contradicted_by(item.correction, item.user, same_prompt)
         if conflicts:

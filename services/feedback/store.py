@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.feedback.guards import PriorCorrection
+from services.feedback.guards import PriorCorrection, prompt_text
 from services.shared.outbox import messaging_tables
 
 metadata = sa.MetaData()
@@ -143,13 +143,14 @@ async def corrections_by_user_since(session: AsyncSession, tenant: str, deployme
 
 
 def _prior(row) -> PriorCorrection:
-    return PriorCorrection(row.id, row.user, row.completion_id, row.prompt_key, row.correction)
+    return PriorCorrection(row.id, row.user, row.completion_id, row.prompt_key, row.correction,
+                           prompt_text(json.loads(row.prompt)))
 
 
 async def own_recent_corrections(session: AsyncSession, tenant: str, deployment: str, user: str,
                                  limit: int = 500) -> list[PriorCorrection]:
     c = feedback.c
-    query = (sa.select(c.id, c.user, c.completion_id, c.prompt_key, c.correction)
+    query = (sa.select(c.id, c.user, c.completion_id, c.prompt_key, c.correction, c.prompt)
              .where(c.tenant == tenant, c.deployment == deployment, c.user == user, c.status.in_(_LIVE))
              .order_by(c.created_at.desc()).limit(limit))
     return [_prior(row) for row in await session.execute(query)]
@@ -157,7 +158,7 @@ async def own_recent_corrections(session: AsyncSession, tenant: str, deployment:
 
 async def corrections_of_prompt(session: AsyncSession, tenant: str, deployment: str, key: str) -> list[PriorCorrection]:
     c = feedback.c
-    query = (sa.select(c.id, c.user, c.completion_id, c.prompt_key, c.correction)
+    query = (sa.select(c.id, c.user, c.completion_id, c.prompt_key, c.correction, c.prompt)
              .where(c.tenant == tenant, c.deployment == deployment, c.prompt_key == key, c.status.in_(_LIVE)))
     return [_prior(row) for row in await session.execute(query)]
 
