@@ -62,8 +62,9 @@ async def on_event(session: AsyncSession, envelope: events_pb2.Envelope) -> None
     elif kind == "evaluation_completed":
         event = envelope.evaluation_completed
         if event.deployment and event.candidate_version:
+            failed = [f"{rule.name}: {rule.detail}" for rule in event.rules if not rule.passed]
             await cycles.on_evaluation(session, tenant, event.deployment, event.candidate_version,
-                                       event.evaluation_id, event.passed, event.reason)
+                                       event.evaluation_id, event.passed, "; ".join(failed) or event.reason)
     elif kind == "model_deployed":
         event = envelope.model_deployed
         if event.traffic_percent >= 100:

@@ -266,7 +266,9 @@ async def test_a_cycle_follows_the_events_and_a_failed_gate_names_the_rule(tmp_p
                                                               retrain_request_id=request_id, deployment=DEPLOYMENT)),
             (EVALUATION_COMPLETED, events_pb2.EvaluationCompleted(
                 evaluation_id="eval-1", candidate_version=candidate, deployment=DEPLOYMENT, passed=False,
-                reason="min_gain: gain 0.01 below 0.05")),
+                reason="gain +0.010 (needs >= +0.050)", rules=[
+                    events_pb2.GateRule(name="min_ratio", passed=True, detail="ratio ok"),
+                    events_pb2.GateRule(name="min_gain", passed=False, detail="gain +0.010 (needs >= +0.050)")])),
         ]
         for event_type, payload in steps:
             await _publish(service, new_envelope(event_type, payload, source="test", tenant="acme"))
@@ -278,7 +280,8 @@ async def test_a_cycle_follows_the_events_and_a_failed_gate_names_the_rule(tmp_p
         cycle = await _until(finished)
         assert (cycle.stage, cycle.dataset_id, cycle.job_id, cycle.candidate_version, cycle.evaluation_id) == (
             "failed", "ds-1", "ftjob-1", candidate, "eval-1")
-        assert "min_gain" in cycle.reason and "production stays" in cycle.reason
+        assert "min_gain: gain +0.010" in cycle.reason and "production stays" in cycle.reason
+        assert "min_ratio" not in cycle.reason  # only the rules that failed
         # A late duplicate of an earlier step changes nothing.
         await _publish(service, new_envelope(*steps[1], source="test", tenant="acme"))
         await asyncio.sleep(0.5)
