@@ -123,3 +123,24 @@ def test_the_policy_cap_and_quarantine_through_the_api_and_the_cli(stack, http, 
     assert _loop(http)["quarantined"] == 0
     again = http.post("/v1/feedback/quarantine/release", json={"feedback_ids": [held["id"]]})
     assert again.status_code == 409 and again.json()["error"]["param"] == "feedback_ids"
+
+
+def test_the_readme_feedback_loop_commands_work(stack, http, completions):
+    """The README's feedback loop block, run as written: curl, `tuneloop feedback send`, `tuneloop loop status`."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    block = next(block for block in re.findall(r"```bash\n(.+?)```", readme, flags=re.DOTALL)
+                 if "/v1/feedback" in block)
+    commands = block.replace("\\\n", " ").strip().splitlines()
+    assert len(commands) == 3
+    env = {**os.environ, "TUNELOOP_API_KEY": API_KEY, "TUNELOOP_URL": stack.url, "COLUMNS": "200"}
+    for command, completion_id in zip(commands, completions[6:8] + completions[6:7], strict=True):
+        command = (command.replace("localhost:8000", stack.url).replace("cmpl-...", completion_id)
+                   .replace("acme-support", DEPLOYMENT).replace(".venv/bin/tuneloop", f"{sys.executable} -m tuneloop"))
+        result = subprocess.run(["bash", "-c", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+        if command.startswith("curl"):
+            assert json.loads(result.stdout)["object"] == "feedback", result.stdout
+    loop = _loop(http)
+    assert any(share["user"] == "agent-7" for share in loop["users"])
