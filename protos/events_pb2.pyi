@@ -108,7 +108,7 @@ class TrainingFailed(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., deployment: _Optional[str] = ..., retrain_request_id: _Optional[str] = ...) -> None: ...
 
 class EvaluationCompleted(_message.Message):
-    __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "deployment", "passed", "reason", "rules")
+    __slots__ = ("evaluation_id", "candidate_version", "baseline_version", "deployment", "passed", "reason", "rules", "error")
     EVALUATION_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class EvaluationCompleted(_message.Message):
     PASSED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     evaluation_id: str
     candidate_version: str
     baseline_version: str
@@ -123,7 +124,8 @@ class EvaluationCompleted(_message.Message):
     passed: bool
     reason: str
     rules: _containers.RepeatedCompositeFieldContainer[GateRule]
-    def __init__(self, evaluation_id: _Optional[str] = ..., candidate_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., deployment: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[GateRule, _Mapping]]] = ...) -> None: ...
+    error: str
+    def __init__(self, evaluation_id: _Optional[str] = ..., candidate_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., deployment: _Optional[str] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[GateRule, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GateRule(_message.Message):
     __slots__ = ("name", "passed", "measured", "threshold", "detail")

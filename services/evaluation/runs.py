@@ -348,10 +348,22 @@ class Runs:
             await store.update(session, evaluation_id, progress_done=done, progress_total=total)
 
     async def _fail(self, record: store.EvaluationRecord, code: str, message: str) -> None:
+        """The run could not finish. One for a deployment still announces itself (passed false, with
+        the error), so whoever waits on the verdict, the feedback loop's cycle, learns why."""
         log.warning("evaluation %s failed: %s", record.id, message)
         async with self._runtime.db.transaction() as session:
             await store.update(session, record.id, status=store.FAILED, completed_at=store.now(), error_code=code,
                                error_message=message)
+            if record.deployment:
+                await add_to_outbox(session, self._runtime.tables, new_envelope(
+                    EVALUATION_COMPLETED,
+                    events_pb2.EvaluationCompleted(evaluation_id=record.id, candidate_version=record.candidate,
+                                                   deployment=record.deployment, passed=False,
+                                                   reason=f"the evaluation could not run: {message}",
+                                                   error=f"{code}: {message}"),
+                    source="evaluation", tenant=record.tenant))
+        if record.deployment:
+            self._runtime.relay.poke()
 
     # ---- what a run needs from the other services ---------------------------------------------------
 

@@ -3,7 +3,10 @@
 preparing (data-prep builds the set) -> training -> evaluating -> awaiting_promotion (the gate
 passed; a deployment without auto-promote waits for a person) -> canary -> deployed. A cycle ends
 early as `failed`: a step failed, or the gate rejected the candidate (the reason names its failed
-rules, and production stays). A deployed cycle becomes `rolled_back` when its version is rolled back. Events may come twice or out of order: a stage never
+rules, and production stays). A deployed cycle becomes `rolled_back` when its version is rolled back.
+When a step fails for want of something (data-prep, a training job, an evaluation that could not
+run), the batch is given back: its corrections wait for the next batch (after the cooldown) rather than
+being lost. A batch the gate judged stays used: the verdict is the outcome. Events may come twice or out of order: a stage never
 moves backwards and a finished cycle does not change (except deployed -> rolled_back).
 """
 
@@ -31,10 +34,19 @@ async def advance(session: AsyncSession, cycle_id: str, stage: str, **values) ->
     return True
 
 
+async def _failed_step(session: AsyncSession, cycle_id: str, reason: str, **values) -> None:
+    cycle = await store.find_cycle(session, cycle_id)
+    if cycle is None or cycle["finished"]:
+        return
+    given = await store.give_back(session, cycle["tenant"], cycle_id)
+    await advance(session, cycle_id, "failed", reason=f"{reason}; its {given} feedback items wait for the next batch",
+                  **values)
+
+
 async def on_dataset(session: AsyncSession, cycle_id: str, dataset_id: str, file_id: str, error: str) -> None:
     if error:
-        await advance(session, cycle_id, "failed", dataset_id=dataset_id, file_id=file_id,
-                      reason=f"data-prep could not build the retraining set: {error}")
+        await _failed_step(session, cycle_id, f"data-prep could not build the retraining set: {error}",
+                           dataset_id=dataset_id, file_id=file_id)
     else:
         await advance(session, cycle_id, "training", dataset_id=dataset_id, file_id=file_id)
 
@@ -48,16 +60,19 @@ async def on_training_completed(session: AsyncSession, cycle_id: str, job_id: st
 
 
 async def on_training_failed(session: AsyncSession, cycle_id: str, job_id: str, code: str, message: str) -> None:
-    await advance(session, cycle_id, "failed", job_id=job_id,
-                  reason=f"training job {job_id or '(not created)'} failed: {code}: {message}")
+    await _failed_step(session, cycle_id, f"training job {job_id or '(not created)'} failed: {code}: {message}",
+                       job_id=job_id)
 
 
 async def on_evaluation(session: AsyncSession, tenant: str, deployment: str, candidate: str, evaluation_id: str,
-                        passed: bool, reason: str) -> None:
+                        passed: bool, reason: str, error: str = "") -> None:
     cycle = await store.cycle_for_candidate(session, tenant, deployment, candidate)
     if cycle is None:
         return  # a candidate a person trained and evaluated: not the loop's
-    if passed:
+    if error:
+        await _failed_step(session, cycle["id"], f"evaluation {evaluation_id} could not run: {error}",
+                           evaluation_id=evaluation_id)
+    elif passed:
         await advance(session, cycle["id"], "awaiting_promotion", evaluation_id=evaluation_id,
                       reason=f"evaluation {evaluation_id} passed the gate: {reason}")
     else:

@@ -64,7 +64,8 @@ async def on_event(session: AsyncSession, envelope: events_pb2.Envelope) -> None
         if event.deployment and event.candidate_version:
             failed = [f"{rule.name}: {rule.detail}" for rule in event.rules if not rule.passed]
             await cycles.on_evaluation(session, tenant, event.deployment, event.candidate_version,
-                                       event.evaluation_id, event.passed, "; ".join(failed) or event.reason)
+                                       event.evaluation_id, event.passed, "; ".join(failed) or event.reason,
+                                       error=event.error)
     elif kind == "model_deployed":
         event = envelope.model_deployed
         if event.traffic_percent >= 100:

@@ -233,7 +233,7 @@ class Loop:
         cycle = {"id": cycle_id, "tenant": tenant, "deployment": deployment, "trigger": decision.trigger,
                  "stage": "preparing", "finished": False, "created_at": at, "updated_at": at,
                  "model_version": loop["model_version"], "base_model": base_of(loop["model_version"]),
-                 "corrections": len(ids), "positives": len(positives)}
+                 "corrections": len(ids), "positives": len(positives), "feedback_ids": json.dumps(ids + positives)}
         await store.add_cycle(session, **cycle)
         await store.update_loop(session, tenant, deployment, last_request_at=at)
         await self._announce(session, tenant, cycle)
@@ -341,9 +341,8 @@ class Loop:
             policy = LoopPolicy(**store.policy_json(loop))
             pending = await store.pending_by_user(session, tenant, deployment)
             counts = await store.status_counts(session, tenant, deployment)
-            cycles = []
-            for row in await store.cycles_of(session, tenant, deployment, limit):
-                cycles.append({**row, "feedback_ids": await store.feedback_ids_of(session, tenant, row["id"])})
+            cycles = [{**row, "feedback_ids": json.loads(row["feedback_ids"])}
+                      for row in await store.cycles_of(session, tenant, deployment, limit)]
             ratings = await store.recent_ratings(session, tenant, deployment, loop["model_version"],
                                                  policy.drift_window)
         cap = policy.per_user_cap

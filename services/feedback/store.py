@@ -93,6 +93,8 @@ cycles = sa.Table(
     sa.Column("candidate_version", sa.String(255), nullable=False, server_default=""),
     sa.Column("evaluation_id", sa.String(64), nullable=False, server_default=""),
     sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    # JSON list of the feedback ids the batch was made of (kept when a failed cycle gives them back).
+    sa.Column("feedback_ids", sa.Text, nullable=False, server_default="[]"),
     sa.Index("ix_feedback_cycles_deployment", "tenant", "deployment", "created_at"),
 )
 
@@ -335,7 +337,10 @@ async def cycles_in_stage(session: AsyncSession, stage: str) -> list:
     return list((await session.execute(query)).mappings())
 
 
-async def feedback_ids_of(session: AsyncSession, tenant: str, request_id: str) -> list[str]:
-    query = (sa.select(feedback.c.id).where(feedback.c.tenant == tenant, feedback.c.retrain_request_id == request_id)
-             .order_by(feedback.c.created_at, feedback.c.id))
-    return list((await session.execute(query)).scalars())
+async def give_back(session: AsyncSession, tenant: str, request_id: str) -> int:
+    """Return a failed cycle's batch: its corrections wait for the next batch, its positives too."""
+    c = feedback.c
+    result = await session.execute(
+        feedback.update().where(c.tenant == tenant, c.retrain_request_id == request_id, c.status == USED)
+        .values(status=sa.case((c.correction != "", PENDING), else_=RATING), retrain_request_id=None))
+    return result.rowcount or 0

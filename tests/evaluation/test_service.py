@@ -225,13 +225,20 @@ async def test_bad_requests_are_refused_naming_the_field_and_store_nothing(
 async def test_examples_that_are_not_chats_fail_the_evaluation_naming_the_line(
         tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir):
     async with _platform(tmp_path, sqlite_url, nats_url, tiny_model_dir, other_model_dir) as (
-            dataprep, _inference, evaluation):
+            dataprep, inference, evaluation):
         good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
         file_id = await _upload(dataprep, [good, {"messages": [{"role": "user", "content": "no answer"}]}])
+        await inference_pb2_grpc.InferenceStub(inference).CreateDeployment(inference_pb2.CreateDeploymentRequest(
+            name="acme-support", model_version=OTHER), metadata=call_metadata())
         stub = evaluation_pb2_grpc.EvaluationStub(evaluation)
-        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(candidate=TINY_MODEL_ID, file_id=file_id),
-                                           metadata=call_metadata())
+        started = await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(
+            candidate=TINY_MODEL_ID, file_id=file_id, deployment="acme-support"), metadata=call_metadata())
         done = await _finished(stub, started.evaluation.id)
+        # For a deployment, a run that could not finish still announces itself: no verdict, and why.
+        runtime = _platform.evaluation.runtime
+        async with runtime.db.transaction() as session:
+            [payload] = (await session.execute(sa.select(runtime.tables.outbox.c.payload))).scalars().all()
+        announced = events_pb2.Envelope.FromString(payload).evaluation_completed
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await stub.RunEvaluation(evaluation_pb2.RunEvaluationRequest(candidate="gpt-9", file_id=file_id),
                                      metadata=call_metadata())
@@ -241,6 +248,8 @@ async def test_examples_that_are_not_chats_fail_the_evaluation_naming_the_line(
                 metadata=call_metadata())
     assert done.status == "failed" and done.error_code == "invalid_examples"
     assert f"file {file_id}, line 2: messages must end with the assistant's answer" in done.error_message
+    assert (announced.evaluation_id, announced.passed, announced.deployment) == (done.id, False, "acme-support")
+    assert announced.error.startswith("invalid_examples: ") and not announced.rules
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND and error_param(unknown.value) == "candidate"
     assert "gpt-9" in unknown.value.details()
     assert error_param(unknown_baseline.value) == "baseline"

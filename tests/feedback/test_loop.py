@@ -21,6 +21,7 @@ from services.shared.subjects import (
     EVALUATION_COMPLETED,
     RETRAIN_REQUESTED,
     TRAINING_COMPLETED,
+    TRAINING_FAILED,
     TRAINING_REQUESTED,
     subject_for,
 )
@@ -344,3 +345,36 @@ async def test_the_schedule_retrains_on_what_is_waiting_but_never_on_one_user_al
         # Six users, at most 20% each: one correction per user, solo's oldest first.
         assert (cycle.trigger, cycle.corrections) == ("schedule", 6)
         assert (await _loop(stub)).pending_corrections == 2
+
+
+async def test_a_cycle_whose_training_failed_gives_its_corrections_back_for_the_next_batch(
+        tmp_path, database_url, nats_url, tiny_model_dir):
+    async with _services(tmp_path, database_url, nats_url, tiny_model_dir) as (served, stub, service):
+        await _set_policy(stub, threshold=5, cooldown_s=0)
+        completions = await _completions(served, 7)
+        for i, cid in enumerate(completions[:5]):
+            await stub.SubmitFeedback(_correction(cid, f"agent-{i}", f"Kit {i} is green and {i * 3} cm."),
+                                      metadata=call_metadata())
+        await stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(completion_id=completions[5], rating=UP),
+                                  metadata=call_metadata())
+        [first] = (await _loop(stub)).cycles
+        await _publish(service, new_envelope(TRAINING_FAILED, events_pb2.TrainingFailed(
+            job_id="ftjob-9", code="process_lost", message="the training process was lost 3 times",
+            retrain_request_id=first.id, deployment=DEPLOYMENT), source="test", tenant="acme"))
+
+        async def given_back():
+            loop = await _loop(stub)
+            return loop if loop.cycles[0].finished else None
+
+        loop = await _until(given_back)
+        failed = loop.cycles[0]
+        assert failed.stage == "failed" and "process_lost" in failed.reason and "wait for the next batch" in failed.reason
+        assert len(failed.feedback_ids) == 5  # the lineage of what it tried stays
+        assert loop.pending_corrections == 5
+        # The next correction completes a batch again, with the ones given back.
+        response = await stub.SubmitFeedback(_correction(completions[6], "agent-9", "Kit 6 is red."),
+                                             metadata=call_metadata())
+        assert response.retrain_request_id
+        second = (await _loop(stub)).cycles[0]
+        assert second.id == response.retrain_request_id and second.corrections == 5
+        assert set(second.feedback_ids) & set(failed.feedback_ids)

@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("candidate_version", sa.String(255), nullable=False, server_default=""),
         sa.Column("evaluation_id", sa.String(64), nullable=False, server_default=""),
         sa.Column("reason", sa.Text, nullable=False, server_default=""),
+        sa.Column("feedback_ids", sa.Text, nullable=False, server_default="[]"),
     )
     op.create_index("ix_feedback_cycles_deployment", "feedback_cycles", ["tenant", "deployment", "created_at"])
 
