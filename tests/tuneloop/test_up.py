@@ -132,8 +132,9 @@ def test_gateway_grpc_reflection_lists_the_public_services(stack):
 
 
 def test_readme_curl_examples_work(stack):
-    readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"^\s*(curl .+)$", readme, flags=re.MULTILINE)
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")  # a command continued on the next line
+    # The feedback example needs a served completion's id: tests/gateway/test_feedback_api.py runs it.
+    commands = [c for c in re.findall(r"^\s*(curl .+)$", readme, flags=re.MULTILINE) if "cmpl-..." not in c]
     assert len(commands) >= 2
     for command in commands:
         command = command.replace("localhost:8000", f"127.0.0.1:{stack.port}")
