@@ -144,10 +144,8 @@ class Loop:
                                      f"{completion.texts}), so a correction of it cannot become a training example",
                                      param="completion_id", code="completion_text_missing")
         deployment = completion.deployment
-        if deployment:
-            await store.ensure_loop(self._db.transaction, tenant, deployment, completion.model)
         async with self._db.transaction() as session:
-            loop = await store.lock_loop(session, tenant, deployment) if deployment else None
+            loop = await store.lock_loop(session, tenant, deployment, completion.model) if deployment else None
             if item.idempotency_key:  # a retry that raced the first attempt to the lock
                 existing = await store.find_by_key(session, tenant, item.idempotency_key)
                 if existing is not None:
@@ -244,11 +242,12 @@ class Loop:
     async def check(self, tenant: str, deployment: str) -> str:
         """The monitor's look at one deployment: a threshold reached once a cooldown ended, the
         schedule, drift. Returns the retrain request or rollback made, if any."""
+        async with self._db.transaction() as session:  # a read first: a disabled loop takes no lock
+            if not LoopPolicy(**store.policy_json(await store.find_loop(session, tenant, deployment))).enabled:
+                return ""
         rollback = None
         async with self._db.transaction() as session:
             loop = await store.lock_loop(session, tenant, deployment)
-            if loop is None:
-                return ""
             policy = LoopPolicy(**store.policy_json(loop))
             if not policy.enabled:
                 return ""
@@ -324,7 +323,6 @@ class Loop:
         """Set the fields given; the others keep what was set before, or their defaults."""
         if not deployment:
             raise InvalidArgument("deployment is required", param="deployment")
-        await store.ensure_loop(self._db.transaction, tenant, deployment, "")
         async with self._db.transaction() as session:
             loop = await store.lock_loop(session, tenant, deployment)
             merged = {**store.policy_json(loop), **values}

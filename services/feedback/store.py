@@ -256,25 +256,22 @@ async def _insert_loop(session: AsyncSession, **row) -> None:
     await session.execute(insert(loops).values(**row).on_conflict_do_nothing(index_elements=["tenant", "deployment"]))
 
 
-async def ensure_loop(db_transaction, tenant: str, deployment: str, model_version: str) -> None:
-    """Create the deployment's loop row if it is missing, in its own transaction."""
-    async with db_transaction() as session:
-        if await find_loop(session, tenant, deployment) is None:
-            await _insert_loop(session, tenant=tenant, deployment=deployment, model_version=model_version,
-                               deployed_at=0, created_at=now())
-
-
 async def find_loop(session: AsyncSession, tenant: str, deployment: str):
     query = sa.select(loops).where(loops.c.tenant == tenant, loops.c.deployment == deployment)
     return (await session.execute(query)).mappings().first()
 
 
-async def lock_loop(session: AsyncSession, tenant: str, deployment: str):
-    """Take the deployment's lock: a write as the transaction's first statement, which PostgreSQL
-    holds as a row lock and SQLite as its one writer lock until commit. Every decision about
-    batches is made under it, so concurrent posts see each other's rows."""
-    await session.execute(loops.update().where(loops.c.tenant == tenant, loops.c.deployment == deployment)
-                          .values(lock_version=loops.c.lock_version + 1))
+async def lock_loop(session: AsyncSession, tenant: str, deployment: str, model_version: str = ""):
+    """Take the deployment's lock, creating its loop row first if it has none: a write as the
+    transaction's first statement, which PostgreSQL holds as a row lock and SQLite as its one writer
+    lock until commit. Every decision about batches is made under it, so concurrent posts see each
+    other's rows."""
+    bump = (loops.update().where(loops.c.tenant == tenant, loops.c.deployment == deployment)
+            .values(lock_version=loops.c.lock_version + 1))
+    if not (await session.execute(bump)).rowcount:
+        await _insert_loop(session, tenant=tenant, deployment=deployment, model_version=model_version, deployed_at=0,
+                           created_at=now())
+        await session.execute(bump)
     return await find_loop(session, tenant, deployment)
 
 
