@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from services.shared.settings import SERVICE_NAMES
-from tuneloop.nats_server import NatsServer, free_port
+from tuneloop.nats_server import NatsServer, free_ports
 
 NEW_KEY_PREFIX = "TUNELOOP_NEW_API_KEY="  # printed by gateway/__main__.py
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
@@ -144,7 +144,10 @@ class Stack:
         if nats_url is None:
             self.nats = NatsServer(store_dir=config.data_dir / "jetstream").start(log_file=self.logs_dir / "nats.log")
             nats_url = self.nats.url
-        ports = {name: free_port(config.host) for name in SERVICE_NAMES}
+        # Distinct from each other and from the gateway's own ports: a gRPC service that shared one
+        # would fail to bind (servers refuse SO_REUSEPORT) instead of starting.
+        picked = free_ports(len(SERVICE_NAMES), config.host, exclude=frozenset({config.port, config.grpc_port}))
+        ports = dict(zip(SERVICE_NAMES, picked, strict=True))
         addresses = {name: f"{config.host}:{port}" for name, port in ports.items()}
         env = self._base_env(nats_url, addresses)
         for name in SERVICE_NAMES:

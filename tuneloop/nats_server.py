@@ -27,9 +27,28 @@ def find_nats_server() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()) -> list[int]:
+    """`count` distinct ports that are free now, none of them in `exclude`.
+
+    The sockets stay bound until all are picked, so the kernel cannot hand out one port twice.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+        return ports
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_for_port(host: str, port: int, timeout: float) -> None:

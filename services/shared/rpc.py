@@ -32,6 +32,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# gRPC servers set SO_REUSEPORT by default: a second server on a taken port then binds without an
+# error and the kernel splits the connections between the two (seen in CI: the gateway's port was
+# also given to the inference service, and reflection answered for inference). Refuse instead.
+_SERVER_OPTIONS = [*_CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
 
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
@@ -178,7 +182,7 @@ async def start_server(
         InternalTokenInterceptor(internal_token),
         ErrorMappingInterceptor(),
     ]
-    server = grpc.aio.server(interceptors=interceptors, options=_CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     service_names = list(register(server))
     if generic_handlers:
         server.add_generic_rpc_handlers(tuple(generic_handlers))

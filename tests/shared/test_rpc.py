@@ -146,3 +146,11 @@ async def test_trace_context_crosses_a_grpc_call():
     finally:
         await running.stop(grace=0)
     assert caller_trace != 0 and seen["trace_id"] == caller_trace
+
+
+async def test_a_second_server_on_a_taken_port_fails_to_bind_instead_of_sharing_it(server):
+    running, _ = server
+    with pytest.raises((OSError, RuntimeError)):
+        second = await start_server(host="127.0.0.1", port=running.port, internal_token=TOKEN, register=lambda _s: [])
+        await second.stop(grace=0)  # only reached if the bind wrongly succeeded
+    assert (await _call(running.port)).count == 0  # the first server still answers every call

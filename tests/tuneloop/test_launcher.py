@@ -4,6 +4,7 @@ import sys
 import time
 
 from tuneloop.launcher import NEW_KEY_PREFIX, LaunchConfig, Part, Stack
+from tuneloop.nats_server import free_ports
 
 
 def _wait_for(predicate, timeout=10.0):
@@ -37,3 +38,10 @@ def test_a_dead_part_is_restarted_with_backoff(tmp_path):
     _wait_for(lambda: stack.supervise_once() == ["flaky"], timeout=5)
     assert part.restarts == 1
     stack.stop()
+
+
+def test_free_ports_are_distinct_and_avoid_the_excluded_ones():
+    taken = set(free_ports(3))
+    ports = free_ports(50, exclude=frozenset(taken))
+    assert len(set(ports)) == 50
+    assert not taken & set(ports)
