@@ -70,7 +70,7 @@ async def on_event(session: AsyncSession, envelope: events_pb2.Envelope) -> None
         event = envelope.model_deployed
         if event.traffic_percent >= 100:
             await store.record_deployment(session, tenant, event.deployment, event.model_version,
-                                          envelope.time.ToMilliseconds())
+                                          envelope.time.ToMilliseconds(), previous_version=event.previous_version)
         await cycles.on_deployed(session, tenant, event.deployment, event.model_version, event.traffic_percent)
     elif kind == "model_rolled_back":
         event = envelope.model_rolled_back

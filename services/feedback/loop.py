@@ -262,7 +262,7 @@ class Loop:
             if not made and drift is not None and loop["drift_version"] != version:
                 await store.update_loop(session, tenant, deployment, drift_version=version)
                 recent = loop["deployed_at"] and state.now * 1000 - loop["deployed_at"] < policy.drift_rollback_s * 1000
-                if recent:
+                if recent and loop["previous_version"]:
                     rollback = await self._drift_cycle(session, tenant, deployment, version, drift.describe(policy))
                 else:
                     decision = fair_batch_decision(state, DRIFT)

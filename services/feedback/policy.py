@@ -22,7 +22,7 @@ class LoopPolicy(BaseModel):
     near_duplicate_threshold: float = Field(default=0.9, gt=0, le=1)
     # The drift trigger: the thumbs-up rate over the last `drift_window` ratings of the version in
     # production; below `drift_min_up_rate` (0: off) it retrains, or rolls back when the version was
-    # deployed less than `drift_rollback_s` ago.
+    # deployed less than `drift_rollback_s` ago in place of another (a first version has none).
     drift_window: int = Field(default=50, ge=1)
     drift_min_up_rate: float = Field(default=0.0, ge=0, le=1)
     drift_rollback_s: int = Field(default=86_400, ge=0)

@@ -70,6 +70,9 @@ loops = sa.Table(
     # The version the drift trigger last fired for: once per version.
     sa.Column("drift_version", sa.String(255), nullable=False, server_default=""),
     sa.Column("created_at", sa.BigInteger, nullable=False, server_default="0"),
+    # What served before `model_version` ("" for a deployment's first version, or after a rollback):
+    # a drift right after a deployment rolls back only when there is something to go back to.
+    sa.Column("previous_version", sa.String(255), nullable=False, server_default=""),
 )
 
 cycles = sa.Table(
@@ -285,14 +288,14 @@ async def all_loops(session: AsyncSession) -> list:
 
 
 async def record_deployment(session: AsyncSession, tenant: str, deployment: str, model_version: str,
-                            at_ms: int) -> None:
-    """Remember which version a deployment serves (feedback is counted against it). Events may come
-    late or twice: the newest change (by its time, in milliseconds) wins."""
+                            at_ms: int, previous_version: str = "") -> None:
+    """Remember which version a deployment serves (feedback is counted against it) and what it
+    replaced. Events may come late or twice: the newest change (by its time, in milliseconds) wins."""
     await _insert_loop(session, tenant=tenant, deployment=deployment, model_version=model_version, deployed_at=0,
                        created_at=at_ms // 1000)
     await session.execute(loops.update().where(loops.c.tenant == tenant, loops.c.deployment == deployment,
                                                loops.c.deployed_at <= at_ms)
-                          .values(model_version=model_version, deployed_at=at_ms))
+                          .values(model_version=model_version, deployed_at=at_ms, previous_version=previous_version))
 
 
 def policy_json(row) -> dict:

@@ -315,6 +315,37 @@ async def test_a_thumbs_up_drop_after_a_deployment_rolls_it_back(tmp_path, datab
         await _until(lambda: _serving(stub, TINY_MODEL_ID))  # model.rolled_back reached the loop too
 
 
+async def test_a_thumbs_up_drop_with_nothing_to_roll_back_to_retrains_on_the_waiting_corrections(
+        tmp_path, database_url, nats_url, tiny_model_dir):
+    async with _services(tmp_path, database_url, nats_url, tiny_model_dir, monitor_interval_s=0.2) as (
+            served, stub, _):
+        # The deployment was just created: its first version replaced nothing, so a drop in the
+        # thumbs-up rate cannot be answered by going back; the loop retrains on what is waiting.
+        await _set_policy(stub, drift_window=10, drift_min_up_rate=0.5, cooldown_s=0)
+        completions = await _completions(served, 10)
+        for i, cid in enumerate(completions[:3]):
+            await stub.SubmitFeedback(feedback_pb2.SubmitFeedbackRequest(completion_id=cid, rating=UP,
+                                                                         user=f"agent-{i}"), metadata=call_metadata())
+        for i, cid in enumerate(completions[3:], start=3):
+            response = await stub.SubmitFeedback(_correction(cid, f"agent-{i}", f"Part {i} is in drawer {i * 5}."),
+                                                 metadata=call_metadata())
+            assert not response.retrain_request_id  # far below the threshold of 100
+
+        async def drifted():
+            return (await _loop(stub)).cycles
+
+        [cycle] = await _until(drifted)
+        assert (cycle.trigger, cycle.model_version, cycle.corrections) == ("drift", TINY_MODEL_ID, 7)
+        assert cycle.stage == "preparing" and not cycle.finished
+        [event] = await _until(lambda: _published_count(nats_url, 1))
+        assert event.retrain_requested.request_id == cycle.id
+        deployment = await served.GetDeployment(inference_pb2.GetDeploymentRequest(name=DEPLOYMENT),
+                                                metadata=call_metadata())
+        assert deployment.deployment.model_version == TINY_MODEL_ID  # nothing rolled back
+        await asyncio.sleep(1)  # the monitor keeps looking: the same drift asks for no second retrain
+        assert len((await _loop(stub)).cycles) == 1
+
+
 async def _serving(stub, version: str) -> bool:
     return (await _loop(stub)).model_version == version
 
