@@ -45,6 +45,11 @@ class InferenceStub:
                 request_serializer=protos_dot_inference__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=protos_dot_inference__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.ListRemoteModels = channel.unary_unary(
+                '/tuneloop.v1.Inference/ListRemoteModels',
+                request_serializer=protos_dot_inference__pb2.ListRemoteModelsRequest.SerializeToString,
+                response_deserializer=protos_dot_inference__pb2.ListRemoteModelsResponse.FromString,
+                _registered_method=True)
         self.CreateDeployment = channel.unary_unary(
                 '/tuneloop.v1.Inference/CreateDeployment',
                 request_serializer=protos_dot_inference__pb2.CreateDeploymentRequest.SerializeToString,
@@ -102,15 +107,23 @@ class InferenceServicer:
     """
 
     def Generate(self, request, context):
-        """Generates one completion for a chat or a plain prompt.
+        """Generates `n` completions (choices) of one chat or plain prompt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GenerateStream(self, request, context):
-        """Generates one completion, streamed as its text arrives; the last message carries the finish
-        reason and the usage. Cancelling the call stops the generation.
+        """Generates `n` completions, streamed as their text arrives, each chunk naming its choice; a
+        choice's last chunk carries its finish reason, the stream's last chunk the usage. Cancelling
+        the call stops the generation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRemoteModels(self, request, context):
+        """The models another server answers for (TUNELOOP_REMOTE_MODELS), which the registry does not list.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +212,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=protos_dot_inference__pb2.GenerateRequest.FromString,
                     response_serializer=protos_dot_inference__pb2.GenerateChunk.SerializeToString,
+            ),
+            'ListRemoteModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRemoteModels,
+                    request_deserializer=protos_dot_inference__pb2.ListRemoteModelsRequest.FromString,
+                    response_serializer=protos_dot_inference__pb2.ListRemoteModelsResponse.SerializeToString,
             ),
             'CreateDeployment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDeployment,
@@ -306,6 +324,33 @@ class Inference:
             '/tuneloop.v1.Inference/GenerateStream',
             protos_dot_inference__pb2.GenerateRequest.SerializeToString,
             protos_dot_inference__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRemoteModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tuneloop.v1.Inference/ListRemoteModels',
+            protos_dot_inference__pb2.ListRemoteModelsRequest.SerializeToString,
+            protos_dot_inference__pb2.ListRemoteModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,9 +1,11 @@
 """`/v1/chat/completions` and `/v1/completions`, in OpenAI's shapes, over the inference service.
 
 Each response's `id` is the completion id the inference service logged, which `/v1/feedback`
-points at later. `stream: true` sends OpenAI's server-sent events (chunks, then `data: [DONE]`);
-a client that goes away cancels the call, which stops the generation. `n` > 1 is not served yet
-and says so (501).
+points at later. `n` asks for that many choices (each with its `index`; `usage` counts the prompt
+once and sums the choices' tokens); the log keeps choice 0 under the response's `id` and choice i
+under `<id>.<i>`, so feedback can name any of them. `stream: true` sends OpenAI's server-sent
+events (chunks, each with one choice, whose `index` says which; then `data: [DONE]`); a client that
+goes away cancels the call, which stops the generation.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from gateway.clients import call, stream
 from gateway.deps import ClientsDep, TenantDep
 from gateway.errors import ERROR_RESPONSES
 from protos import common_pb2, inference_pb2
-from services.shared.errors import InvalidArgument, NotImplementedYet
+from services.shared.errors import InvalidArgument
 from services.shared.rpc import error_from_rpc
 
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
@@ -66,7 +68,8 @@ class SamplingIn(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: Stop = None
     seed: int | None = None
-    n: int = Field(default=1, ge=1, le=128)
+    # 1 to 128 as OpenAI takes it; the inference service may allow fewer (TUNELOOP_MAX_CHOICES).
+    n: int | None = Field(default=None, ge=1, le=128)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256)
@@ -80,8 +83,6 @@ class SamplingIn(BaseModel):
     def check_supported(self) -> None:
         if self.stream_options is not None and not self.stream:
             raise InvalidArgument("stream_options is only for stream: true", param="stream_options")
-        if self.n != 1:
-            raise NotImplementedYet("n > 1 is not served yet; send n: 1 and ask again for more choices", param="n")
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(self, name):
                 raise InvalidArgument(f"{name} is not supported; leave it at 0", param=name)
@@ -97,7 +98,7 @@ class SamplingIn(BaseModel):
     def request(self, **fields) -> inference_pb2.GenerateRequest:
         request = inference_pb2.GenerateRequest(
             model=self.model, max_tokens=self.max_tokens or 0, temperature=self.temperature, top_p=self.top_p,
-            stop=self.stops(), user=self.user or "", **fields)
+            stop=self.stops(), user=self.user or "", n=self.n or 1, **fields)
         if self.seed is not None:
             request.seed = self.seed
         return request
@@ -168,25 +169,27 @@ def _sse(data: dict | str) -> bytes:
 
 
 async def _stream(body: SamplingIn, request: inference_pb2.GenerateRequest, clients, tenant: str,
-                  choice: Callable[[str, str | None, bool], dict], kind: str) -> StreamingResponse:
-    """OpenAI's server-sent events for one streamed completion; errors before the first chunk are
-    ordinary HTTP errors, later ones an `error` event (the 200 status is already sent)."""
+                  choice: Callable[[int, str, str | None, bool], dict], kind: str) -> StreamingResponse:
+    """OpenAI's server-sent events for one streamed request, a chunk per piece of a choice; errors
+    before the first chunk are ordinary HTTP errors, later ones an `error` event (the 200 status is
+    already sent)."""
     generating = clients.inference.GenerateStream(request, **clients.options(tenant))
     chunks = await stream("inference", generating, pick=lambda chunk: chunk)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     async def events() -> AsyncIterator[bytes]:
-        first = True
+        started: set[int] = set()  # the choices whose first chunk (with the role) was sent
         try:
             async for chunk in chunks:
                 event = {"id": chunk.completion_id, "object": kind, "created": chunk.created, "model": chunk.model}
+                first = chunk.index not in started
                 if chunk.text or first:
-                    yield _sse({**event, "choices": [choice(chunk.text, None, first)]})
-                    first = False
+                    yield _sse({**event, "choices": [choice(chunk.index, chunk.text, None, first)]})
+                    started.add(chunk.index)
                 if chunk.finish_reason:
-                    yield _sse({**event, "choices": [choice("", chunk.finish_reason, False)]})
-                    if include_usage:
-                        yield _sse({**event, "choices": [], "usage": _usage(chunk.usage).model_dump()})
+                    yield _sse({**event, "choices": [choice(chunk.index, "", chunk.finish_reason, False)]})
+                if chunk.HasField("usage") and include_usage:  # the stream's last chunk
+                    yield _sse({**event, "choices": [], "usage": _usage(chunk.usage).model_dump()})
         except grpc.aio.AioRpcError as failure:
             error = error_from_rpc(failure, service="inference")
             yield _sse({"error": {"message": error.message, "type": error.openai_type, "param": error.param,
@@ -198,13 +201,13 @@ async def _stream(body: SamplingIn, request: inference_pb2.GenerateRequest, clie
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _chat_choice(text: str, finish_reason: str | None, first: bool) -> dict:
+def _chat_choice(index: int, text: str, finish_reason: str | None, first: bool) -> dict:
     delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-    return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    return {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
 
 
-def _text_choice(text: str, finish_reason: str | None, _first: bool) -> dict:
-    return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+def _text_choice(index: int, text: str, finish_reason: str | None, _first: bool) -> dict:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
 
 
 @router.post("/chat/completions", response_model=ChatCompletion,
@@ -220,8 +223,8 @@ async def create_chat_completion(body: ChatCompletionCreate, clients: ClientsDep
     response = await call("inference", clients.inference.Generate(request, **clients.options(tenant)))
     return ChatCompletion(
         id=response.completion_id, created=response.created, model=response.model, usage=_usage(response.usage),
-        choices=[ChatChoice(index=0, message=AssistantMessage(content=response.text),
-                            finish_reason=response.finish_reason)],
+        choices=[ChatChoice(index=c.index, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason)
+                 for c in response.choices],
     )
 
 
@@ -235,5 +238,5 @@ async def create_completion(body: CompletionCreate, clients: ClientsDep, tenant:
     response = await call("inference", clients.inference.Generate(request, **clients.options(tenant)))
     return Completion(
         id=response.completion_id, created=response.created, model=response.model, usage=_usage(response.usage),
-        choices=[CompletionChoice(index=0, text=response.text, finish_reason=response.finish_reason)],
+        choices=[CompletionChoice(index=c.index, text=c.text, finish_reason=c.finish_reason) for c in response.choices],
     )

@@ -159,6 +159,7 @@ async def _generate_stream(model: str | None, body: TgiRequest, clients, tenant:
                     held["generated_text"] = text
                     held["details"] = {"finish_reason": _finish_reason(chunk.finish_reason, chunk.stop_sequence),
                                        "generated_tokens": chunk.usage.completion_tokens,
+                                       "input_length": chunk.usage.prompt_tokens,
                                        "seed": body.parameters.seed if body.parameters.sampling else None}
                     yield _event(held)
                     held = None

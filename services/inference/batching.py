@@ -13,178 +13,41 @@ The rows of the batch keep one key/value cache, left-padded to the longest row; 
 hides the padding and each row's position ids count only its own tokens, so a row computes what it
 would alone (up to float rounding). Rows may use different LoRA adapters of the same base model:
 peft's mixed-adapter batches (`adapter_names`, "__base__" for the base model) apply each row's own.
+
+A request for n choices (OpenAI's `n`) is n rows submitted together: one prefill reads their prompt
+once and each row gets a copy of its cache, then they decode side by side, each with its own sampler.
 """
+
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from services.inference.decoding import Sequence
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-FinishReason = Literal["stop", "length"]
-
-
-@dataclass(frozen=True)
-class GeneratedToken:
-    id: int
-    text: str
-    logprob: float  # under the model itself: temperature 1, before top_p
-    special: bool
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    # Every generated token, the last included (end of sequence, or those of the stop string).
-    tokens: tuple[GeneratedToken, ...] = ()
-    # The stop string that ended it, if one did.
-    stop_sequence: str = ""
-    # time.perf_counter() when the first token was chosen (None: no token was asked for).
-    first_token_at: float | None = field(default=None, compare=False)
-
-
-class Sequence:
-    """One request's decoding: its sampler, stop strings, streamed text and, at the end, its Generation.
-
-    The engine's thread feeds it tokens; the caller's thread waits for `result`.
-    """
-
-    def __init__(
-        self,
-        input_ids: list[int],
-        *,
-        tokenizer: PreTrainedTokenizerBase,
-        eos_ids: frozenset[int],
-        adapter: str,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-        stop: list[str],
-        on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
-        cancel: threading.Event | None = None,
-    ):
-        import torch
-
-        self.input_ids = input_ids
-        self.adapter = adapter
-        self._tokenizer = tokenizer
-        self._eos_ids = eos_ids
-        self._special_ids = set(tokenizer.all_special_ids)
-        self._max_tokens = max_tokens
-        self._temperature = temperature
-        self._top_p = top_p
-        self._stop = stop
-        self._on_text = on_text
-        self.cancel = cancel or threading.Event()
-        self._rng: torch.Generator | None = None
-        if temperature > 0:
-            self._rng = torch.Generator()
-            if seed is None:
-                self._rng.seed()
-            else:
-                self._rng.manual_seed(seed)
-        self._completion: list[int] = []
-        self._generated: list[GeneratedToken] = []
-        self._reported = 0  # tokens handed to on_text
-        self._sent = 0  # characters handed to on_text
-        # A stop string may be completed by the next token: hold back that many characters meanwhile.
-        self._hold = max((len(s) for s in stop), default=1) - 1
-        self._cut: int | None = None
-        self._finish: FinishReason = "length"
-        self._first_token_at: float | None = None
-        self._done = threading.Event()
-        self._result: Generation | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def last_token(self) -> int:
-        return self._completion[-1]
-
-    def take(self, logits: torch.Tensor) -> bool:
-        """Choose the next token from this row's `logits`; True when the sequence has ended."""
-        import torch
-
-        token = _pick(logits, self._temperature, self._top_p, self._rng)
-        logprob = float(torch.log_softmax(logits, dim=-1)[token])
-        self._completion.append(token)
-        self._generated.append(GeneratedToken(token, self._tokenizer.decode([token]), logprob,
-                                              token in self._special_ids))
-        self._first_token_at = self._first_token_at or time.perf_counter()
-        if token in self._eos_ids:
-            self._finish = "stop"
-            return True
-        if self._stop or self._on_text is not None:
-            text = self._tokenizer.decode(self._completion, skip_special_tokens=True)
-            self._cut = _earliest_stop(text, self._stop) if self._stop else None
-            if self._cut is not None:
-                self._finish = "stop"
-                return True
-            # U+FFFD: a character whose bytes have not all been generated yet.
-            ready = (text.find("\ufffd") if "\ufffd" in text else len(text)) - self._hold
-            if self._on_text is not None and ready > self._sent:
-                self._on_text(text[self._sent:ready], self._new_tokens())
-                self._sent = ready
-        return len(self._completion) >= self._max_tokens or self.cancel.is_set()
-
-    def finish(self) -> None:
-        """End it with what it has: the last text goes to on_text and `result` returns."""
-        if self._done.is_set():  # it failed
-            return
-        full_text = self._tokenizer.decode(self._completion, skip_special_tokens=True)
-        cut = self._cut
-        text = full_text[:cut] if cut is not None else full_text
-        stop_sequence = next((s for s in self._stop if full_text.find(s) == cut), "") if cut is not None else ""
-        try:
-            if self._on_text is not None and (len(text) > self._sent or self._reported < len(self._generated)):
-                self._on_text(text[self._sent:], self._new_tokens())
-        except Exception as error:  # noqa: BLE001 - the caller's callback: its failure is the caller's answer
-            self.fail(error)
-            return
-        self._result = Generation(text, self._finish, prompt_tokens=len(self.input_ids),
-                                  completion_tokens=len(self._completion), tokens=tuple(self._generated),
-                                  stop_sequence=stop_sequence, first_token_at=self._first_token_at)
-        self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        self._error = error
-        self._done.set()
-
-    def result(self) -> Generation:
-        self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def _new_tokens(self) -> list[GeneratedToken]:
-        fresh, self._reported = self._generated[self._reported:], len(self._generated)
-        return fresh
 
 
 @dataclass
 class EngineStats:
     """What the engine did, for monitoring and for tests that must see requests share a forward pass."""
-    submitted: int = 0  # requests handed to the engine
+    submitted: int = 0  # sequences handed to the engine (a request for n choices hands n)
     steps: int = 0  # forward passes, prefills included
     rows: int = 0  # rows summed over those passes
     max_rows: int = 0  # the most rows one pass computed
     mixed_steps: int = 0  # passes whose rows used more than one adapter (or adapters and the base model)
+    shared_prompts: int = 0  # rows whose prompt another row of the same prefill read for them
 
 
 class Engine:
@@ -210,12 +73,14 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, sequence: Sequence) -> None:
+    def submit(self, *sequences: Sequence) -> None:
+        """Queue sequences for the batch; given together (the choices of one request), they arrive
+        in the same turn when the batch has room for all of them."""
         with self._wake:
             if self._closed:
                 raise RuntimeError("the engine is closed")
-            self._waiting.append(sequence)
-            self.stats.submitted += 1
+            self._waiting.extend(sequences)
+            self.stats.submitted += len(sequences)
             self._wake.notify()
 
     @property
@@ -279,19 +144,32 @@ class Engine:
         return False
 
     def _prefill(self, arriving: list[Sequence]) -> None:
-        """Read the newcomers' prompts in one pass, choose their first tokens, and add them to the batch."""
+        """Read the newcomers' prompts in one pass, choose their first tokens, and add them to the batch.
+
+        Rows with the same prompt and adapter (the choices of one request) are read once: the pass
+        computes one row per distinct prompt, whose cache and logits are then copied to each."""
         import torch
         from transformers import DynamicCache
 
-        longest = max(len(s.input_ids) for s in arriving)
-        ids = torch.zeros((len(arriving), longest), dtype=torch.long)
-        mask = torch.zeros((len(arriving), longest), dtype=torch.long)
-        for row, sequence in enumerate(arriving):
+        distinct: dict[tuple[str, tuple[int, ...]], int] = {}
+        row_of = [distinct.setdefault((s.adapter, tuple(s.input_ids)), len(distinct)) for s in arriving]
+        readers = [arriving[row_of.index(row)] for row in range(len(distinct))]
+        longest = max(len(s.input_ids) for s in readers)
+        ids = torch.zeros((len(readers), longest), dtype=torch.long)
+        mask = torch.zeros((len(readers), longest), dtype=torch.long)
+        for row, sequence in enumerate(readers):
             ids[row, longest - len(sequence.input_ids):] = torch.tensor(sequence.input_ids)
             mask[row, longest - len(sequence.input_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = self._forward(arriving, ids, mask, positions, cache)
+        logits = self._forward(readers, ids, mask, positions, cache)
+        if len(readers) < len(arriving):
+            copies = torch.tensor(row_of)
+            mask, logits = mask[copies], logits[copies]
+            for layer in cache.layers:
+                layer.keys = layer.keys[copies.to(layer.keys.device)]
+                layer.values = layer.values[copies.to(layer.values.device)]
+            self.stats.shared_prompts += len(arriving) - len(readers)
         self._merge(arriving, cache, mask)
         self._take(logits)
 
@@ -384,25 +262,3 @@ def _pad_left(tensor: torch.Tensor, length: int, *, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
-    """Greedy at temperature 0; otherwise sample from the smallest set of tokens whose
-    probability reaches top_p (top_p 0 keeps only the most likely token)."""
-    import torch
-
-    if temperature == 0 or rng is None:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p >= 1:
-        return int(torch.multinomial(probs, 1, generator=rng))
-    sorted_probs, order = torch.sort(probs, descending=True)
-    keep = torch.cumsum(sorted_probs, dim=0) - sorted_probs < top_p
-    keep[0] = True
-    choice = torch.multinomial(sorted_probs * keep, 1, generator=rng)
-    return int(order[choice])
-
-
-def _earliest_stop(text: str, stop: list[str]) -> int | None:
-    positions = [index for s in stop if (index := text.find(s)) >= 0]
-    return min(positions) if positions else None

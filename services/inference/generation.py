@@ -15,6 +15,7 @@ an engine) of its own. Either renders prompts with the chat template it was trai
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from services.inference import batching
-from services.inference.batching import BASE, Engine, GeneratedToken, Generation
+from services.inference.batching import BASE, Engine
+from services.inference.decoding import GeneratedToken, Generation
 from services.inference.fine_tuned import FineTuned, check_chat_template
 from services.shared.errors import InvalidArgument
 from services.shared.models import ModelStore
@@ -31,7 +33,7 @@ from services.shared.models import ModelStore
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["GeneratedToken", "Generation", "Generator", "check_request"]
+__all__ = ["GeneratedToken", "Generation", "Generator", "check_choices", "check_request"]
 
 ROLES = frozenset({"system", "user", "assistant"})
 
@@ -68,10 +70,17 @@ class Generator:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    def generate(
+    def generate(self, model_id: str, *, on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
+                 **request: Any) -> Generation:
+        """One completion: `generate_choices` with n = 1, whose `on_text` has no choice index."""
+        streamed = None if on_text is None else (lambda _index, text, tokens: on_text(text, tokens))
+        return self.generate_choices(model_id, n=1, on_text=streamed, **request)[0]
+
+    def generate_choices(
         self,
         model_id: str,
         *,
+        n: int = 1,
         messages: list[dict[str, Any]] | None = None,
         prompt: str | None = None,
         max_tokens: int,
@@ -80,22 +89,28 @@ class Generator:
         seed: int | None = None,
         stop: Sequence[str] = (),
         fine_tuned: FineTuned | None = None,
-        on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
+        on_text: Callable[[int, str, list[GeneratedToken]], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> Generation:
-        """Complete a chat (`messages`, rendered with the model's chat template) or a raw `prompt`.
+    ) -> list[Generation]:
+        """Complete a chat (`messages`, rendered with the model's chat template) or a raw `prompt`,
+        `n` times (OpenAI's choices): the n rows join the batch together and share one reading of
+        the prompt. Each Generation counts the prompt's tokens; a response counts them once.
 
-        Greedy when `temperature` is 0. Stop strings are cut from the text and end generation
-        with finish_reason "stop", as an end-of-sequence token does. A fine-tuned `model_id` comes
-        with its registry entry, `fine_tuned` (the caller resolved it for the tenant).
+        Greedy when `temperature` is 0 (the n choices are then the same). Sampling, each choice has
+        its own generator: seeded with `seed` + its index (as vLLM seeds its n child requests) when a
+        seed is given, so the same seed gives the same n answers, and choice 0 is what n = 1 gives.
+        Stop strings are cut from the text and end generation with finish_reason "stop", as an
+        end-of-sequence token does. A fine-tuned `model_id` comes with its registry entry,
+        `fine_tuned` (the caller resolved it for the tenant).
 
-        Streaming: `on_text` gets the text as it is decided (never a part of a stop string or of
-        a character still being decoded), in pieces that add up to the returned text, each with
-        the tokens generated since the previous call (all of them, by the last call). It is called
-        from the engine's thread and must be quick. Setting `cancel` ends the generation after the
-        current token and frees its place in the batch.
+        Streaming: `on_text(index, text, tokens)` gets each choice's text as it is decided (never a
+        part of a stop string or of a character still being decoded), in pieces that add up to the
+        returned text, each with the tokens generated since the previous call (all of them, by the
+        last call). It is called from the engine's thread and must be quick. Setting `cancel` ends
+        every choice after the current token and frees their places in the batch.
         """
         check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
+        check_choices(n)
         with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
             input_ids = _encode(tokenizer, model_id, messages, prompt)
             field_name = "messages" if messages is not None else "prompt"
@@ -106,13 +121,17 @@ class Generator:
                     param="max_tokens",
                 )
             if max_tokens == 0:
-                return Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)
-            sequence = batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
-                                         max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                                         stop=list(stop), on_text=on_text, cancel=cancel)
+                return [Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)] * n
+            sequences = [
+                batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
+                                  max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                  seed=None if seed is None else seed + index, stop=list(stop),
+                                  on_text=None if on_text is None else functools.partial(on_text, index),
+                                  cancel=cancel)
+                for index in range(n)]
             assert loaded.engine is not None
-            loaded.engine.submit(sequence)
-            return sequence.result()
+            loaded.engine.submit(*sequences)
+            return [sequence.result() for sequence in sequences]
 
     def score(self, model_id: str, *, messages: list[dict[str, Any]], answer: str,
               fine_tuned: FineTuned | None = None) -> tuple[float, int]:
@@ -263,6 +282,13 @@ def check_request(
         raise InvalidArgument(f"seed must be an integer, got {seed!r}", param="seed")
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidArgument("stop must be a list of non-empty strings", param="stop")
+
+
+def check_choices(n: int, most: int | None = None) -> None:
+    """OpenAI's `n`: an integer from 1 to `most` (the service's max_choices)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or (most is not None and n > most):
+        allowed = f"from 1 to {most}, the most choices a request may ask for here" if most else "of at least 1"
+        raise InvalidArgument(f"n must be an integer {allowed}; got {n!r}", param="n")
 
 
 def _load(store: ModelStore, model_id: str) -> _LoadedModel:

@@ -8,6 +8,11 @@ model id; the provider's base URL and key are the training service's settings, s
 the operator lists in `TUNELOOP_REMOTE_MODELS`. The remote is always asked to stream, so time to
 first token, cancellation (a client that leaves closes the remote stream) and streaming to our own
 clients work the same as for local models. Remote answers carry no per-token details.
+
+Choices (OpenAI's `n`): an OpenAI-compatible remote generates them itself (`n` is passed on, its
+stream's chunks name their choice); it reports the completion tokens summed over the choices only,
+so each choice's share is estimated from its text's length (the sum stays exact). TGI gives one
+answer per request (its Messages API documents `n` as unused), so n > 1 is refused for a TGI model.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class OpenAIBackend:
         model_id: str,
         remote_model: str,
         *,
+        n: int = 1,
         messages: list[dict[str, Any]] | None,
         prompt: str | None,
         max_tokens: int,
@@ -56,12 +62,14 @@ class OpenAIBackend:
         top_p: float,
         seed: int | None,
         stop: Sequence[str],
-        on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
+        on_text: Callable[[int, str, list[GeneratedToken]], None] | None = None,
         cancel: threading.Event | None = None,
-    ) -> Generation:
-        """`model_id` (ours, for errors) answered by `remote_model` at this endpoint."""
+    ) -> list[Generation]:
+        """`model_id` (ours, for errors) answered by `remote_model` at this endpoint: `n` choices."""
         options: dict[str, Any] = {"model": remote_model, "max_tokens": max_tokens, "temperature": temperature,
                                    "top_p": top_p, "stream": True, "stream_options": {"include_usage": True}}
+        if n > 1:
+            options["n"] = n
         if seed is not None:
             options["seed"] = seed
         if stop:
@@ -72,7 +80,7 @@ class OpenAIBackend:
             else:
                 stream = self._client.completions.create(prompt=prompt, **options)
             with stream:  # leaving it, also on cancel, closes the remote stream
-                return _read_openai_stream(stream, chat=messages is not None, on_text=on_text, cancel=cancel)
+                return _read_openai_stream(stream, chat=messages is not None, n=n, on_text=on_text, cancel=cancel)
         except openai.NotFoundError as error:
             raise NotFound(f"{model_id}: the remote at {self.base_url} does not know {remote_model!r}: "
                            f"{error.message}", param="model", code="model_not_found") from None
@@ -91,25 +99,42 @@ class OpenAIBackend:
         self._client.close()
 
 
-def _read_openai_stream(stream, *, chat: bool, on_text, cancel) -> Generation:
-    """A streamed answer in OpenAI's chunk shape (from the SDK, or TGI's Messages API), passed on
-    to `on_text` piece by piece; stops reading when `cancel` is set."""
-    text, finish, usage, first_token_at = "", "length", None, None
+def _read_openai_stream(stream, *, chat: bool, n: int, on_text, cancel) -> list[Generation]:
+    """A streamed answer of `n` choices in OpenAI's chunk shape (from the SDK, or TGI's Messages
+    API), passed on to `on_text` piece by piece; stops reading when `cancel` is set."""
+    texts, finishes, first_token_at, usage = [""] * n, ["length"] * n, [None] * n, None
     for chunk in stream:
         if cancel is not None and cancel.is_set():
             break
         usage = chunk.usage or usage
         for choice in chunk.choices:
+            index = choice.index or 0
+            if not 0 <= index < n:
+                raise Unavailable(f"the remote streamed choice {index} of a request for {n}")
             piece = (choice.delta.content or "") if chat else (choice.text or "")
             if piece:
-                first_token_at = first_token_at or time.perf_counter()
-                text += piece
+                first_token_at[index] = first_token_at[index] or time.perf_counter()
+                texts[index] += piece
                 if on_text is not None:
-                    on_text(piece, [])
+                    on_text(index, piece, [])
             if choice.finish_reason:
-                finish = "length" if choice.finish_reason == "length" else "stop"
-    return Generation(text, finish, prompt_tokens=usage.prompt_tokens if usage else 0,
-                      completion_tokens=usage.completion_tokens if usage else 0, first_token_at=first_token_at)
+                finishes[index] = "length" if choice.finish_reason == "length" else "stop"
+    prompt_tokens = usage.prompt_tokens if usage else 0
+    shares = _shares(usage.completion_tokens if usage else 0, texts)
+    return [Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=share, first_token_at=first)
+            for text, finish, share, first in zip(texts, finishes, shares, first_token_at, strict=True)]
+
+
+def _shares(total: int, texts: list[str]) -> list[int]:
+    """`total` completion tokens (a remote's sum over its choices) shared out in proportion to the
+    choices' text lengths (evenly when every text is empty), the largest remainders rounded up, so
+    that the shares add up to the total."""
+    weights = [len(text) for text in texts] if any(texts) else [1] * len(texts)
+    exact = [total * weight / sum(weights) for weight in weights]
+    shares = [int(part) for part in exact]
+    for index in sorted(range(len(texts)), key=lambda i: shares[i] - exact[i])[:total - sum(shares)]:
+        shares[index] += 1
+    return shares
 
 
 class TgiBackend:
@@ -122,20 +147,23 @@ class TgiBackend:
         self.base_url = base_url
         self._client = InferenceClient(base_url=base_url, api_key=api_key or None, timeout=timeout_s)
 
-    def generate(self, model_id: str, remote_model: str, *, messages, prompt, max_tokens, temperature, top_p, seed,
-                 stop, on_text=None, cancel=None) -> Generation:
+    def generate(self, model_id: str, remote_model: str, *, n: int = 1, messages, prompt, max_tokens, temperature,
+                 top_p, seed, stop, on_text=None, cancel=None) -> list[Generation]:
         import httpx2  # huggingface_hub's own HTTP client
         from huggingface_hub.errors import HfHubHTTPError
 
+        if n > 1:
+            raise InvalidArgument(f"{model_id} is served by a TGI server, which gives one answer per request; "
+                                  "send n: 1 (and ask again for another)", param="n", code="n_not_supported")
         sampling = {"temperature": temperature, "top_p": top_p if top_p < 1 else None} if temperature > 0 else {}
-        text, tokens, finish, first_token_at = "", [], "length", None
+        text, tokens, finish, first_token_at, prompt_tokens = "", [], "length", None, 0
         try:
             if messages is not None:
                 stream = self._client.chat_completion(
                     messages=messages, model=remote_model or None, max_tokens=max_tokens, seed=seed,
                     stop=list(stop) or None, stream=True, stream_options={"include_usage": True},
                     temperature=temperature, top_p=top_p)
-                return _read_openai_stream(stream, chat=True, on_text=on_text, cancel=cancel)
+                return _read_openai_stream(stream, chat=True, n=1, on_text=on_text, cancel=cancel)
             stream = self._client.text_generation(
                 prompt, details=True, stream=True, adapter_id=remote_model or None, max_new_tokens=max_tokens,
                 seed=seed, stop=list(stop) or None, do_sample=temperature > 0, **sampling)
@@ -149,10 +177,13 @@ class TgiBackend:
                 piece = "" if token.special else token.text
                 if event.details is not None:  # the last event: TGI's own text (cut at a stop string)
                     finish = "length" if event.details.finish_reason == "length" else "stop"
+                    # The prompt's tokens as TGI read them (after its truncation). From a TGI release that
+                    # sends no input_length the count stays 0: its tokenizer is not known here.
+                    prompt_tokens = event.details.input_length or 0
                     piece = (event.generated_text or "")[len(text):]
                 text += piece
                 if on_text is not None:
-                    on_text(piece, [token])
+                    on_text(0, piece, [token])
         except HfHubHTTPError as error:
             status = error.response.status_code if error.response is not None else 0
             message = f"{model_id}: the TGI server at {self.base_url} answered {status}: {error}"
@@ -165,5 +196,5 @@ class TgiBackend:
             raise Unavailable(message) from None
         except (httpx2.TransportError, OSError, TimeoutError) as error:
             raise Unavailable(f"{model_id}: cannot reach the TGI server at {self.base_url}: {error}") from None
-        return Generation(text, finish, prompt_tokens=0, completion_tokens=len(tokens), tokens=tuple(tokens),
-                          first_token_at=first_token_at)
+        return [Generation(text, finish, prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
+                           tokens=tuple(tokens), first_token_at=first_token_at)]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -27,12 +25,13 @@ from protos import (
     training_pb2_grpc,
 )
 from services.inference import events, store
-from services.inference.completion_log import logged_completion
+from services.inference.completion_log import CompletionLog, choice_id, new_completion_id
 from services.inference.deployments import Deployment, Deployments
 from services.inference.fine_tuned import FineTuned, read_fine_tuned
-from services.inference.generation import GeneratedToken, Generation, Generator, check_request
+from services.inference.generation import Generation, Generator, check_choices, check_request
 from services.inference.remote import OpenAIBackend, TgiBackend
 from services.inference.settings import InferenceSettings
+from services.inference.streaming import Piece, Pieces
 from services.shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
@@ -52,6 +51,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._registry = registry
         self._dataprep = dataprep  # redacts the texts the completion log keeps (log_texts "redacted")
         settings = self._settings
+        self._log = CompletionLog(runtime.db, texts=settings.log_texts, price_per_hour_usd=settings.price_per_hour_usd,
+                                  redact=self._redact)
         self._remotes = {model_id: (TgiBackend if remote.backend == "tgi" else OpenAIBackend)(
                              remote.base_url, remote.api_key.get_secret_value())
                          for model_id, remote in settings.remote_models.items()}
@@ -109,8 +110,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         finally:
             self._admitted -= 1
 
-    async def _generate(self, request, context, **streaming) -> tuple[str, Generation]:
-        """(the deployment asked for, or "", the generation); `request.model` becomes the version that answers."""
+    async def _generate(self, request, context, **streaming) -> tuple[str, list[Generation]]:
+        """(the deployment asked for, or "", the n choices); `request.model` becomes the version that answers."""
         with self._admission():
             return await self._admitted_generate(request, context, **streaming)
 
@@ -129,9 +130,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         version = await self.deployments.resolve(tenant, name, request.user)
         return (name, version) if version is not None else ("", name)  # not a deployment: the model is unknown
 
-    async def _admitted_generate(self, request, context, **streaming) -> tuple[str, Generation]:
+    async def _admitted_generate(self, request, context, **streaming) -> tuple[str, list[Generation]]:
         tenant = tenant_of(context)
         options = dict(
+            n=request.n or 1,  # 0: the field left unset
             messages=[{"role": m.role, "content": m.content} for m in request.messages] or None,
             prompt=request.prompt or None,
             max_tokens=request.max_tokens or self._settings.default_max_tokens,
@@ -140,7 +142,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             seed=request.seed if request.HasField("seed") else None,
             stop=list(request.stop),
         )
-        check_request(**options)  # a bad request never waits for the registry, a remote or a model
+        check_request(**{k: v for k, v in options.items() if k != "n"})  # never waits for a registry or a model
+        check_choices(options["n"], self._settings.max_choices)
         deployment, version = await self._resolve(request, tenant)
         request.model = version  # what answers, and what the response and the log name
         route = await self._route(version, tenant)
@@ -149,7 +152,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             backend, remote_model = route
             call = functools.partial(backend.generate, version, remote_model, **options)
         else:
-            call = functools.partial(self._generator.generate, version, fine_tuned=route, **options)
+            call = functools.partial(self._generator.generate_choices, version, fine_tuned=route, **options)
         return deployment, await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     @property
@@ -161,66 +164,38 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._generator.close()
         self._threads.shutdown(wait=True)
 
-    async def _log(self, tenant: str, request, generation: Generation, started: float, *, deployment: str = "",
-                   stream: bool = False, completion_id: str | None = None, created: int | None = None
-                   ) -> tuple[str, int]:
-        latency_s = time.perf_counter() - started
-        completion_id = completion_id or f"cmpl-{secrets.token_hex(12)}"
-        created = created or int(time.time())
-        kept, asked, answer = await self._kept_texts(request, generation, tenant)
-        async with self._db.transaction() as session:
-            await store.log_completion(
-                session,
-                id=completion_id,
-                tenant=tenant,
-                model=request.model,
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-                finish_reason=generation.finish_reason,
-                latency_ms=latency_s * 1000,
-                created_at=created,
-                request=asked,
-                response=answer,
-                texts=kept,
-                stream=stream,
-                ttft_ms=(generation.first_token_at - started) * 1000 if generation.first_token_at else None,
-                cost_usd=latency_s * self._settings.price_per_hour_usd / 3600,
-                deployment=deployment,
-            )
-        return completion_id, created
+    async def _redact(self, tenant: str, texts: list[str]) -> list[str] | None:
+        """`texts` with personal data replaced, by the data-prep service; None when it cannot now."""
+        try:
+            redacted = await self._dataprep.AnonymizeTexts(dataprep_pb2.AnonymizeTextsRequest(texts=texts),
+                                                           metadata=tenant_metadata(tenant), timeout=30)
+        except grpc.aio.AioRpcError as error:
+            log.warning("completion log: data-prep could not redact (%s); the texts are not kept", error.code())
+            return None
+        return list(redacted.texts)
 
-    async def _kept_texts(self, request, generation: Generation, tenant: str) -> tuple[str, str | None, str | None]:
-        """What the log keeps of the request and the answer, as `log_texts` says: (how, request JSON, answer)."""
-        mode = self._settings.log_texts
-        if mode == "none":
-            return "none", None, None
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        texts = [m["content"] for m in messages] if messages else [request.prompt]
-        texts.append(generation.text)
-        if mode == "redacted":
-            try:
-                redacted = await self._dataprep.AnonymizeTexts(dataprep_pb2.AnonymizeTextsRequest(texts=texts),
-                                                               metadata=tenant_metadata(tenant), timeout=30)
-            except grpc.aio.AioRpcError as error:  # the answer is served; only its texts go unlogged
-                log.warning("completion log: data-prep could not redact (%s); the texts are not kept", error.code())
-                return "withheld", None, None
-            texts = list(redacted.texts)
-        *asked, answer = texts
-        if messages:
-            request_json = {"messages": [{**m, "content": text} for m, text in zip(messages, asked, strict=True)]}
-        else:
-            request_json = {"prompt": asked[0]}
-        return mode, json.dumps(request_json, ensure_ascii=False), answer
+    async def _record(self, tenant: str, request, generations: list[Generation], started: float, *,
+                      deployment: str, completion_id: str, created: int, stream: bool = False) -> None:
+        await self._log.record(tenant, completion_id=completion_id, created=created, model=request.model,
+                               deployment=deployment, generations=generations, started=started, stream=stream,
+                               messages=[{"role": m.role, "content": m.content} for m in request.messages],
+                               prompt=request.prompt)
 
     async def Generate(self, request, context):
         started = time.perf_counter()
-        deployment, generation = await self._generate(request, context)
-        completion_id, created = await self._log(tenant_of(context), request, generation, started,
-                                                 deployment=deployment)
+        deployment, generations = await self._generate(request, context)
+        completion_id, created = new_completion_id(), int(time.time())
+        await self._record(tenant_of(context), request, generations, started, deployment=deployment,
+                           completion_id=completion_id, created=created)
+        first = generations[0]
         return inference_pb2.GenerateResponse(
-            completion_id=completion_id, model=request.model, text=generation.text,
-            finish_reason=generation.finish_reason, usage=_usage(generation), created=created,
-            tokens=_tokens(generation.tokens), stop_sequence=generation.stop_sequence,
+            completion_id=completion_id, model=request.model, text=first.text, finish_reason=first.finish_reason,
+            usage=_usage(generations), created=created, tokens=_tokens(first.tokens),
+            stop_sequence=first.stop_sequence,
+            choices=[inference_pb2.Choice(index=index, completion_id=choice_id(completion_id, index), text=g.text,
+                                          finish_reason=g.finish_reason, tokens=_tokens(g.tokens),
+                                          stop_sequence=g.stop_sequence, completion_tokens=g.completion_tokens)
+                     for index, g in enumerate(generations)],
         )
 
     # ---- deployments ------------------------------------------------------------------------
@@ -270,12 +245,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.ScoreResponse(logprob=logprob, tokens=tokens)
 
     async def GetCompletion(self, request, context):
-        completion = await logged_completion(self._db, tenant_of(context), request.completion_id)
+        completion = await self._log.find(tenant_of(context), request.completion_id)
         return inference_pb2.GetCompletionResponse(
             completion_id=completion.id, model=completion.model, deployment=completion.deployment,
             created=completion.created, texts=completion.texts, prompt=completion.prompt, text=completion.text,
             messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"])
                       for m in completion.messages])
+
+    async def ListRemoteModels(self, request, context):
+        return inference_pb2.ListRemoteModelsResponse(models=[
+            inference_pb2.RemoteModel(id=model_id, backend=remote.backend)
+            for model_id, remote in sorted(self._settings.remote_models.items())])
 
     async def GetUsage(self, request, context):
         if request.since < 0:
@@ -285,43 +265,31 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.GetUsageResponse(usage=[inference_pb2.ModelUsage(**row) for row in rows])
 
     async def GenerateStream(self, request, context):
-        """Text pieces as the generator decides them; the id, logged at the end, is chosen first."""
+        """Text pieces of each choice as the generator decides them; the id, logged at the end, is chosen first."""
         started = time.perf_counter()
-        completion_id, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+        completion_id, created = new_completion_id(), int(time.time())
         tenant, logged = tenant_of(context), False
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[tuple[str, list[GeneratedToken]]] = asyncio.Queue()
-        cancel = threading.Event()
+        pieces, cancel = Pieces(asyncio.get_running_loop()), threading.Event()
 
-        def on_text(text: str, tokens: list[GeneratedToken]) -> None:  # the generator's thread
-            loop.call_soon_threadsafe(pieces.put_nowait, (text, tokens))
-
-        def chunk(piece: tuple[str, list[GeneratedToken]], **last) -> inference_pb2.GenerateChunk:
-            text, tokens = piece
+        def chunk(piece: Piece, **last) -> inference_pb2.GenerateChunk:
+            index, text, tokens = piece
             return inference_pb2.GenerateChunk(completion_id=completion_id, model=request.model, created=created,
-                                               text=text, tokens=_tokens(tokens), **last)
+                                               index=index, text=text, tokens=_tokens(tokens), **last)
 
-        generating = asyncio.ensure_future(self._generate(request, context, on_text=on_text, cancel=cancel))
+        generating = asyncio.ensure_future(self._generate(request, context, on_text=pieces.put, cancel=cancel))
         try:
-            while not generating.done():
-                waiting = asyncio.ensure_future(pieces.get())
-                await asyncio.wait({waiting, generating}, return_when=asyncio.FIRST_COMPLETED)
-                if waiting.done():  # with the pieces that came meanwhile: one message for a reader that lags
-                    text, tokens = waiting.result()
-                    while not pieces.empty():
-                        more_text, more_tokens = pieces.get_nowait()
-                        text, tokens = text + more_text, tokens + more_tokens
-                    yield chunk((text, tokens))
-                else:
-                    waiting.cancel()
-            deployment, generation = generating.result()  # a failure is raised here, before or between chunks
-            while not pieces.empty():  # the generator's last pieces came before its result
-                yield chunk(pieces.get_nowait())
+            async for piece in pieces.until(generating):
+                yield chunk(piece)
+            deployment, generations = generating.result()  # a failure is raised here, before or between chunks
+            for piece in pieces.rest():  # the generator's last pieces came before its result
+                yield chunk(piece)
             logged = True
-            await self._log(tenant, request, generation, started, deployment=deployment, stream=True,
-                            completion_id=completion_id, created=created)
-            yield chunk(("", []), finish_reason=generation.finish_reason, usage=_usage(generation),
-                        stop_sequence=generation.stop_sequence)
+            await self._record(tenant, request, generations, started, deployment=deployment, stream=True,
+                               completion_id=completion_id, created=created)
+            for index, generation in enumerate(generations):  # each choice's end; the stream's last has the usage
+                usage = {"usage": _usage(generations)} if index == len(generations) - 1 else {}
+                yield chunk((index, "", []), finish_reason=generation.finish_reason,
+                            stop_sequence=generation.stop_sequence, **usage)
         finally:
             cancel.set()  # the client went away (or we are done): free the model for the next request
             generating.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
@@ -334,12 +302,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def _log_abandoned(self, generating: asyncio.Future, tenant: str, request, started: float,
                              completion_id: str, created: int) -> None:
         try:
-            deployment, generation = await generating
+            deployment, generations = await generating
         except Exception:  # it failed: the client got the error, there is nothing to log
             return
         try:
-            await self._log(tenant, request, replace(generation, finish_reason="cancelled"), started,
-                            deployment=deployment, stream=True, completion_id=completion_id, created=created)
+            await self._record(tenant, request, [replace(g, finish_reason="cancelled") for g in generations],
+                               started, deployment=deployment, stream=True, completion_id=completion_id,
+                               created=created)
         except Exception:
             log.exception("completion log: the abandoned stream %s could not be logged", completion_id)
 
@@ -358,9 +327,11 @@ def _tokens(tokens) -> list[inference_pb2.GeneratedToken]:
     return [inference_pb2.GeneratedToken(id=t.id, text=t.text, logprob=t.logprob, special=t.special) for t in tokens]
 
 
-def _usage(generation: Generation) -> common_pb2.Usage:
-    return common_pb2.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
-                            total_tokens=generation.prompt_tokens + generation.completion_tokens)
+def _usage(generations: list[Generation]) -> common_pb2.Usage:
+    """A response's usage: every choice read the same prompt, counted once; their completions summed."""
+    prompt = generations[0].prompt_tokens
+    completion = sum(g.completion_tokens for g in generations)
+    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 async def build(runtime: Runtime) -> ServiceParts:

@@ -15,6 +15,8 @@ class InferenceSettings(ServiceSettings):
     max_queued_requests: int = Field(default=64, ge=1)
     # Requests one model decodes together (the `transformers` backend's batch); more wait their turn.
     max_batch_size: int = Field(default=16, ge=1)
+    # The most choices (OpenAI's `n`) one request may ask for; each is a row of the batch.
+    max_choices: int = Field(default=8, ge=1, le=128)
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.

@@ -65,16 +65,19 @@ def test_the_sdk_chats_with_a_model_it_fine_tuned(client):
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, openai.BadRequestError, "tools"),
     ({"stream_options": {"include_usage": True}}, openai.BadRequestError, "stream_options"),
     ({"stream": True, "model": "gpt-9"}, openai.NotFoundError, "model"),
-    ({"n": 2}, openai.APIStatusError, "n"),
+    ({"n": 0}, openai.BadRequestError, "n"),
+    ({"n": 9}, openai.BadRequestError, "n"),  # past the inference service's max_choices (8)
+    ({"n": 129}, openai.BadRequestError, "n"),  # past OpenAI's own limit
+    ({"n": 1.5}, openai.BadRequestError, "n"),
 ])
 def test_bad_requests_get_openai_errors_naming_the_field(client, fields, error, param):
     arguments = {"model": TINY_MODEL_ID, "messages": QUESTION, "max_tokens": 2, **fields}
     with pytest.raises(error) as raised:
         client.chat.completions.create(**arguments)
     assert raised.value.body["param"] == param, raised.value.body
-    assert raised.value.status_code in (400, 404, 501)
+    assert raised.value.status_code in (400, 404)
     if param == "n":
-        assert raised.value.status_code == 501 and "not served yet" in raised.value.body["message"]
+        assert raised.value.status_code == 400 and raised.value.body["type"] == "invalid_request_error"
 
 
 def test_the_readme_chat_example_works(stack, capsys):

@@ -114,10 +114,14 @@ async def test_a_remote_tgi_model_answers_as_the_tgi_server_does(settings, stack
         chatted = await stub.Generate(inference_pb2.GenerateRequest(model="remote-tgi", messages=CHAT, max_tokens=5),
                                       metadata=call_metadata())
     assert whole.text == plain.choices[0].text and whole.usage.completion_tokens == 6 == len(whole.tokens)
+    # the prompt's tokens as the TGI server counted them (input_length of its stream's last event)
+    assert whole.usage.prompt_tokens == plain.usage.prompt_tokens > 0
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
     assert all(token.logprob <= 0 for token in whole.tokens) and whole.finish_reason == "length"
     assert "".join(c.text for c in chunks) == whole.text and [t.id for c in chunks for t in c.tokens] == [
         t.id for t in whole.tokens]
     assert chatted.text == chat.choices[0].message.content
+    assert chatted.usage.prompt_tokens == chat.usage.prompt_tokens > 0
 
 
 async def test_a_deployment_can_serve_a_remote_model_but_not_take_its_name(settings):
@@ -133,3 +137,40 @@ async def test_a_deployment_can_serve_a_remote_model_but_not_take_its_name(setti
                                     metadata=call_metadata())
     assert taken.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(taken.value) == "name"
     assert reply.model == "remote-tiny" and reply.usage.completion_tokens == 2
+
+
+async def test_a_remote_openai_model_generates_n_choices_itself_whole_and_streamed(settings, stack):
+    direct = OpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY).chat.completions.create(
+        model=TINY_MODEL_ID, messages=[{"role": "user", "content": "What colour is item 4?"}], max_tokens=6,
+        temperature=1.0, seed=21, n=3)
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        request = inference_pb2.GenerateRequest(model="remote-tiny", messages=CHAT, max_tokens=6, temperature=1.0,
+                                                seed=21, n=3)
+        whole = await stub.Generate(request, metadata=call_metadata())
+        chunks = [c async for c in stub.GenerateStream(request, metadata=call_metadata())]
+        async with service.runtime.db.transaction() as session:
+            rows = {row["id"]: row for row in (await session.execute(sa.select(store.completions))).mappings()}
+    assert [c.text for c in whole.choices] == [c.message.content for c in direct.choices]
+    assert len({c.text for c in whole.choices}) == 3  # the remote sampled each choice with its own seed
+    assert whole.usage.prompt_tokens == direct.usage.prompt_tokens
+    assert whole.usage.completion_tokens == direct.usage.completion_tokens == sum(
+        c.completion_tokens for c in whole.choices)
+    assert ["".join(c.text for c in chunks if c.index == i) for i in range(3)] == [c.text for c in whole.choices]
+    assert chunks[-1].usage == whole.usage
+    assert [rows[c.completion_id]["response"] for c in whole.choices] == [c.text for c in whole.choices]
+
+
+async def test_a_remote_tgi_model_refuses_more_than_one_choice_naming_n(settings):
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        for request in (inference_pb2.GenerateRequest(model="remote-tgi", prompt="Once", max_tokens=2, n=2),
+                        inference_pb2.GenerateRequest(model="remote-tgi", messages=CHAT, max_tokens=2, n=2)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Generate(request, metadata=call_metadata())
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error_param(refused.value) == "n"
+            assert "TGI" in refused.value.details()
+        listed = await stub.ListRemoteModels(inference_pb2.ListRemoteModelsRequest(), metadata=call_metadata())
+    assert [(m.id, m.backend) for m in listed.models] == [
+        ("remote-down", "openai"), ("remote-missing", "openai"), ("remote-tgi", "tgi"), ("remote-tgi-down", "tgi"),
+        ("remote-tiny", "openai")]
