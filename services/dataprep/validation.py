@@ -24,7 +24,7 @@ from typing import Any
 
 from services.dataprep.examples import ROLES, Example, LineError
 from services.dataprep.formats import LINE_FIELD, check_format, iter_records, resolve_csv_columns
-from services.shared.errors import InvalidArgument
+from services.dataprep.tokens import TokenCounter
 
 CHAT_KEYS = frozenset({"messages", "label", "slice", "corrected"})
 PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output", "label", "slice"})
@@ -33,15 +33,6 @@ MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "fu
 ANSWER_KEYS = frozenset({"role", "content"})
 _ROLES = frozenset(ROLES)
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-# ChatML, for a tokenizer that has no chat template of its own.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 
 def key_path(prefix: str, key: str) -> str:
     """`prefix.key`, or `prefix["key"]` for a key that is not a plain name."""
@@ -401,175 +392,6 @@ def validate_record(line: int, record: Any, format: str) -> Example | list[LineE
             )
         ]
     return _VALIDATORS[format](line, record)
-
-
-class TokenCounter:
-    """Counts an example's tokens as training will see them: rendered through the chat template.
-
-    Works in batches: the template renders a list of conversations in one call and the fast
-    tokenizer encodes the list in one call (in Rust, on every core). A preference pair counts as
-    its prompt plus the longer of its two answers.
-
-    `check_many` skips exact counting where it cannot matter: with a byte-level BPE tokenizer and no
-    normalizer (GPT-2, Llama 3, Qwen, SmolLM2), every token covers at least one byte of the text, so
-    a rendering of at most `max_tokens` UTF-8 bytes is within the limit without tokenizing it.
-    """
-
-    def __init__(
-        self, tokenizer: Any, max_tokens: int, *, batch_size: int = 512, chat_template: str | None = None
-    ):
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
-        self.chat_template = (
-            chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
-        )
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._encode_batch = None
-        if backend is not None:
-            self._encode_batch = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-        self._bytes_bound = backend is not None and _is_byte_level(backend)
-
-    def _conversations(self, example: Example) -> list[list[dict]]:
-        if example.kind == "preference":
-            prompt = list(example.messages)
-            return [
-                prompt + [{"role": "assistant", "content": example.preferred or ""}],
-                prompt + [{"role": "assistant", "content": example.rejected or ""}],
-            ]
-        return [list(example.messages)]
-
-    def render_many(self, conversations: Sequence[list[dict]]) -> list[str | Exception]:
-        """Each conversation through the chat template, or the error the template raised for it."""
-        if not conversations:
-            return []
-        try:
-            texts = self.tokenizer.apply_chat_template(
-                list(conversations), chat_template=self.chat_template, tokenize=False
-            )
-            return [texts] if isinstance(texts, str) else list(texts)
-        except Exception:  # some conversation of the batch: find which, one at a time
-            if len(conversations) == 1:
-                try:
-                    return [
-                        self.tokenizer.apply_chat_template(
-                            conversations[0], chat_template=self.chat_template, tokenize=False
-                        )
-                    ]
-                except Exception as exc:  # a template's raise_exception(...), or a bad message
-                    return [exc]
-            return [text for c in conversations for text in self.render_many([c])]
-
-    def _count_texts(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        if self._encode_batch is not None:
-            return [len(encoding.ids) for encoding in self._encode_batch(texts, add_special_tokens=False)]
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-    def _counts(
-        self, examples: Sequence[Example], exact: bool
-    ) -> tuple[list[int | Exception | None], list[int]]:
-        """Per rendering of `examples`: its token count, the template's error, or (when not `exact`)
-        None for one certainly within the limit; and for each example the index of its first one."""
-        conversations: list[list[dict]] = []
-        starts: list[int] = []
-        for example in examples:
-            starts.append(len(conversations))
-            conversations.extend(self._conversations(example))
-        texts: list[str | Exception] = []
-        for i in range(0, len(conversations), self.batch_size):
-            texts.extend(self.render_many(conversations[i : i + self.batch_size]))
-        counts: list[int | Exception | None] = [t if isinstance(t, Exception) else None for t in texts]
-        shortcut = self._bytes_bound and not exact
-        todo = [
-            i
-            for i, text in enumerate(texts)
-            if isinstance(text, str) and not (shortcut and _utf8_len(text) <= self.max_tokens)
-        ]
-        for i in range(0, len(todo), self.batch_size):
-            part = todo[i : i + self.batch_size]
-            for j, n in zip(part, self._count_texts([texts[j] for j in part]), strict=True):  # type: ignore[misc]
-                counts[j] = n
-        return counts, starts
-
-    def count_many(self, examples: Sequence[Example]) -> list[int]:
-        """Exact token counts, one per example. InvalidArgument if the chat template refuses one."""
-        counts, starts = self._counts(examples, exact=True)
-        result = []
-        for example, start in zip(examples, starts, strict=True):
-            mine = counts[start : start + (2 if example.kind == "preference" else 1)]
-            for n in mine:
-                if isinstance(n, Exception):
-                    raise InvalidArgument(
-                        f"line {example.line}: the chat template refuses it: {n}", param="messages"
-                    )
-            result.append(max(mine))  # type: ignore[type-var]
-        return result
-
-    def count(self, example: Example) -> int:
-        return self.count_many([example])[0]
-
-    def check_many(self, examples: Sequence[Example]) -> list[LineError | None]:
-        """For each example, a `too_many_tokens` or `chat_template_error` problem, or None."""
-        counts, starts = self._counts(examples, exact=False)
-        results: list[LineError | None] = []
-        for example, start in zip(examples, starts, strict=True):
-            if example.kind == "preference":
-                pairs = [(counts[start], "preferred_output"), (counts[start + 1], "non_preferred_output")]
-            else:
-                pairs = [(counts[start], "messages")]
-            refused = next((n for n, _ in pairs if isinstance(n, Exception)), None)
-            if refused is not None:
-                field = "input.messages" if example.kind == "preference" else "messages"
-                results.append(
-                    LineError(
-                        example.line,
-                        field,
-                        "chat_template_error",
-                        f"the base model's chat template refuses this conversation: {refused}",
-                    )
-                )
-                continue
-            over = [(n, field) for n, field in pairs if isinstance(n, int) and n > self.max_tokens]
-            if not over:
-                results.append(None)
-                continue
-            n, field = max(over)
-            what = "the conversation" if field == "messages" else f"the prompt with {field}"
-            results.append(
-                LineError(
-                    example.line,
-                    field,
-                    "too_many_tokens",
-                    f"{what} is {n} tokens, over the base model's limit of {self.max_tokens}; shorten it or split it",
-                )
-            )
-        return results
-
-    def check(self, example: Example) -> LineError | None:
-        return self.check_many([example])[0]
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
-def _is_byte_level(backend: Any) -> bool:
-    """True if every token of `backend` covers at least one byte of the text it was read from."""
-    try:
-        spec = json.loads(backend.to_str())
-    except Exception:  # an unusual backend: no shortcut
-        return False
-    if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
-        return False
-    pre = spec.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
-    # add_prefix_space would add a byte that is not in the text.
-    return bool(byte_level) and not any(p.get("add_prefix_space") for p in byte_level)
 
 
 def iter_validated(
