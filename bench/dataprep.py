@@ -54,11 +54,7 @@ from services.dataprep.dedup import ExactDeduplicator, NearDuplicateIndex  # noq
 from services.dataprep.examples import Example  # noqa: E402
 from services.dataprep.normalize import normalize_example  # noqa: E402
 from services.dataprep.options import PrepareConfig  # noqa: E402
-from services.dataprep.pipeline import (  # noqa: E402
-    TOKEN_BATCH,
-    PipelineResources,
-    prepare_dataset,
-)
+from services.dataprep.pipeline import PipelineResources, prepare_dataset  # noqa: E402
 from services.dataprep.split import choose_validation  # noqa: E402
 from services.dataprep.transform import BATCH_EXAMPLES, near_duplicate_text  # noqa: E402
 from services.dataprep.validation import iter_validated  # noqa: E402
@@ -69,6 +65,7 @@ from services.shared.settings import Settings  # noqa: E402
 TARGET = 5000.0  # examples/s for validation + dedup + regex PII (the goal on 2 cores)
 CHUNK = 1 << 20  # what ArtifactStore.iter_chunks yields
 BENCH_MODEL_ID = "bench-smollm2-tokenizer"
+TOKEN_BATCH = 256  # examples per count_many call in the token-count step
 
 # ------------------------------------------------------------------------------------ the data
 

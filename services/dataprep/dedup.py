@@ -138,7 +138,9 @@ class MinHasher:
         for start in range(0, len(texts), self.CHUNK_TEXTS):
             shingled = [self.shingles(text) for text in texts[start : start + self.CHUNK_TEXTS]]
             hashes = [zlib.crc32(shingle) for shingles in shingled for shingle in shingles]
-            mixed = _minhash._fmix(self._template._hash_input_array(hashes).reshape(-1, 1), self._scheme_width)
+            mixed = _minhash._fmix(
+                self._template._hash_input_array(hashes).reshape(-1, 1), self._scheme_width
+            )
             offsets = np.cumsum([0] + [len(shingles) for shingles in shingled[:-1]])
             rows.append(np.minimum.reduceat(mixed * a + b, offsets, axis=0))
         if not rows:
@@ -283,6 +285,17 @@ class _Group:
     lines: list[int]
 
 
+# What ConflictDetector keeps of an example: the digests of its folded prompt and output, and the
+# first _KEEP_CHARS characters of its prompt text and output.
+ConflictKey = tuple[bytes, bytes, str, str]
+
+
+def conflict_key(ex: Example) -> ConflictKey:
+    prompt = ex.prompt_text()
+    output = ex.output
+    return _digest(fold(prompt)), _digest(fold(output)), prompt[:_KEEP_CHARS], output[:_KEEP_CHARS]
+
+
 class ConflictDetector:
     """Examples with the same folded prompt but different folded outputs (conflicting labels).
 
@@ -296,22 +309,24 @@ class ConflictDetector:
         self._groups: dict[bytes, _Group] = {}
 
     def add(self, ex: Example) -> None:
-        prompt_digest = _digest(fold(ex.prompt_text()))
-        output = ex.output
-        output_digest = _digest(fold(output))
+        self.add_key(conflict_key(ex), ex.line)
+
+    def add_key(self, key: ConflictKey, line: int) -> None:
+        """`add` for an example whose `conflict_key` is already computed (in a worker process)."""
+        prompt_digest, output_digest, prompt, output = key
         group = self._groups.get(prompt_digest)
         if group is not None:
-            group.outputs.setdefault(output_digest, output[:_KEEP_CHARS])
-            group.lines.append(ex.line)
+            group.outputs.setdefault(output_digest, output)
+            group.lines.append(line)
             return
         first = self._first.get(prompt_digest)
         if first is None:
-            self._first[prompt_digest] = (output_digest, ex.line, output[:_KEEP_CHARS])
+            self._first[prompt_digest] = (output_digest, line, output)
             return
         first_digest, first_line, first_output = self._first.pop(prompt_digest)
         outputs = {first_digest: first_output}
-        outputs.setdefault(output_digest, output[:_KEEP_CHARS])
-        self._groups[prompt_digest] = _Group(ex.prompt_text()[:_KEEP_CHARS], outputs, [first_line, ex.line])
+        outputs.setdefault(output_digest, output)
+        self._groups[prompt_digest] = _Group(prompt, outputs, [first_line, line])
 
     def conflicts(self) -> list[Conflict]:
         """Every prompt with two or more distinct outputs, in order of its first line."""

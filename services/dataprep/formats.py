@@ -241,31 +241,40 @@ def _too_long(lineno: int) -> LineError:
     )
 
 
+def _decode_line(
+    lineno: int, raw: bytes | None, *, skip_blank: bool
+) -> tuple[str | None, LineError | None] | None:
+    """(text, problem) of one line, None for a blank one when `skip_blank`: text is None past
+    MAX_RECORD_BYTES (`raw` None); bad UTF-8 is replaced."""
+    if raw is None:
+        return None, _too_long(lineno)
+    if lineno == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if skip_blank and not raw.strip():
+        return None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        error = LineError(
+            lineno,
+            LINE_FIELD,
+            "invalid_encoding",
+            f"not valid UTF-8 (byte {exc.start + 1} of the line, {raw[exc.start : exc.start + 4]!r}); "
+            "save the file as UTF-8",
+        )
+        return raw.decode("utf-8", errors="replace"), error
+
+
 def _iter_lines(
     chunks: Iterable[bytes], *, skip_blank: bool
 ) -> Iterator[tuple[int, str | None, LineError | None]]:
-    """(line number, text, problem) per line: text is None past MAX_RECORD_BYTES; bad UTF-8 is replaced."""
+    """(line number, text, problem) per line, as `_decode_line` reads it."""
     for lineno, raw in _iter_raw_lines(chunks, MAX_RECORD_BYTES):
-        if raw is None:
-            yield lineno, None, _too_long(lineno)
-            continue
-        if lineno == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if skip_blank and not raw.strip():
-            continue
-        try:
-            yield lineno, raw.decode("utf-8"), None
-        except UnicodeDecodeError as exc:
-            error = LineError(
-                lineno,
-                LINE_FIELD,
-                "invalid_encoding",
-                f"not valid UTF-8 (byte {exc.start + 1} of the line, {raw[exc.start : exc.start + 4]!r}); "
-                "save the file as UTF-8",
-            )
-            yield lineno, raw.decode("utf-8", errors="replace"), error
+        decoded = _decode_line(lineno, raw, skip_blank=skip_blank)
+        if decoded is not None:
+            yield lineno, *decoded
 
 
 def _json_error(lineno: int, exc: Exception) -> LineError:
@@ -286,22 +295,28 @@ def _not_an_object(lineno: int, value: Any) -> LineError:
     return LineError(lineno, LINE_FIELD, "data_type", f"each record must be a JSON object, not {kind}")
 
 
+def _jsonl_record(lineno: int, text: str | None, error: LineError | None, format: str) -> Record | LineError:
+    if error is not None:
+        return error
+    try:
+        data = json.loads(text)  # type: ignore[arg-type]
+    except (ValueError, RecursionError) as exc:
+        return _json_error(lineno, exc)
+    return Record(lineno, data, format) if isinstance(data, dict) else _not_an_object(lineno, data)
+
+
 def _iter_jsonl(
     lines: Iterator[tuple[int, str | None, LineError | None]], format: str
 ) -> Iterator[Record | LineError]:
     for lineno, text, error in lines:
-        if error is not None:
-            yield error
-            continue
-        try:
-            data = json.loads(text)  # type: ignore[arg-type]
-        except (ValueError, RecursionError) as exc:
-            yield _json_error(lineno, exc)
-            continue
-        if isinstance(data, dict):
-            yield Record(lineno, data, format)
-        else:
-            yield _not_an_object(lineno, data)
+        yield _jsonl_record(lineno, text, error, format)
+
+
+def parse_jsonl_line(lineno: int, raw: bytes | None, format: str) -> Record | LineError | None:
+    """One line of a JSON-lines file (a `RawLine` of `iter_units`) as `iter_records` reads it; None
+    for a blank line, which is skipped."""
+    decoded = _decode_line(lineno, raw, skip_blank=True)
+    return None if decoded is None else _jsonl_record(lineno, *decoded, format)
 
 
 def _iter_json_array(
@@ -499,12 +514,8 @@ def _iter_csv(lines: Iterator[tuple[int, str | None, LineError | None]]) -> Iter
         yield Record(start, data, "csv")
 
 
-def iter_records(chunks: Iterable[bytes], format: str | None = None) -> Iterator[Record | LineError]:
-    """Parse a file, given as pieces of its bytes, into records and the lines that could not be read.
-
-    `format` is one of FORMATS, or None to detect it from the first 64 KiB (InvalidArgument when no
-    format fits). Blank lines are skipped; line numbers are 1-based and name where a record starts.
-    """
+def _open(chunks: Iterable[bytes], format: str | None) -> tuple[str, str, Iterator[bytes]]:
+    """(format, layout, the file's chunks): layout is "empty", "csv", "array" (one JSON array) or "jsonl"."""
     format = check_format(format)
     chunks = iter(chunks)
     head_parts: list[bytes] = []
@@ -518,16 +529,42 @@ def iter_records(chunks: Iterable[bytes], format: str | None = None) -> Iterator
     stripped = head[len(_BOM) :] if head.startswith(_BOM) else head
     stripped = stripped.lstrip()
     if not stripped and size < HEAD_BYTES:
-        return
+        return format or "", "empty", iter(())
     if format is None:
         format = detect_format(head)
     stream = chain([head], chunks)
-    if format == "csv":
+    layout = "csv" if format == "csv" else ("array" if stripped.startswith(b"[") else "jsonl")
+    return format, layout, stream
+
+
+def iter_records(chunks: Iterable[bytes], format: str | None = None) -> Iterator[Record | LineError]:
+    """Parse a file, given as pieces of its bytes, into records and the lines that could not be read.
+
+    `format` is one of FORMATS, or None to detect it from the first 64 KiB (InvalidArgument when no
+    format fits). Blank lines are skipped; line numbers are 1-based and name where a record starts.
+    """
+    format, layout, stream = _open(chunks, format)
+    if layout == "csv":
         yield from _iter_csv(_iter_lines(stream, skip_blank=False))
-    elif stripped.startswith(b"["):
+    elif layout == "array":
         yield from _iter_json_array(_iter_lines(stream, skip_blank=True), format)
-    else:
+    elif layout == "jsonl":
         yield from _iter_jsonl(_iter_lines(stream, skip_blank=True), format)
+
+
+# A line of a JSON-lines file, not yet parsed: (line number, its bytes, None past MAX_RECORD_BYTES).
+RawLine = tuple[int, bytes | None]
+
+
+def iter_units(chunks: Iterable[bytes], format: str) -> Iterator[RawLine | Record | LineError]:
+    """`iter_records` in two halves, so that the parsing can run elsewhere (in worker processes): a
+    JSON-lines file yields its lines unparsed (`parse_jsonl_line` reads one); a JSON array or CSV,
+    whose records can span lines, yields its records and problems."""
+    format, layout, stream = _open(chunks, format)
+    if layout == "jsonl":
+        yield from _iter_raw_lines(stream, MAX_RECORD_BYTES)
+    elif layout != "empty":
+        yield from iter_records(stream, format)
 
 
 def iter_examples(chunks: Iterable[bytes], format: str | None = None) -> Iterator[Example | LineError]:

@@ -180,6 +180,43 @@ class _TokenizerEngine(SpacyNlpEngine):
         )
 
 
+class _WordScreenedEnhancer(LemmaContextAwareEnhancer):
+    """Presidio's lemma context enhancer, given only the findings whose recogniser has a context word
+    somewhere in the lower-cased text.
+
+    Without NER a lemma is a token's lower-cased text (`_TokenizerEngine`), and the enhancer boosts
+    a finding only if one of its recogniser's context words is a substring of a lemma near it, so a
+    finding whose context words occur nowhere in the lower-cased text keeps its score: it is passed
+    through as it is, and a text with only such findings is never tokenized. (With NER, lemmas are
+    real lemmas, "ran" for "run", and this screen would not hold: use the enhancer itself.)
+    """
+
+    def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
+        if context:
+            return super().enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)
+        lowered = text.lower()
+        by_id = {recognizer.id: recognizer for recognizer in recognizers}
+
+        def may_boost(result: RecognizerResult) -> bool:
+            recognizer = by_id.get(
+                (result.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY)
+            )
+            # No recogniser, or no context words: the enhancer leaves the finding alone too.
+            return recognizer is not None and any(
+                word.lower() in lowered for word in recognizer.context or ()
+            )
+
+        boost = [may_boost(result) for result in raw_results]
+        if not any(boost):
+            return list(raw_results)
+        enhanced = iter(
+            super().enhance_using_context(
+                text, [r for r, b in zip(raw_results, boost, strict=True) if b], nlp_artifacts, recognizers
+            )
+        )
+        return [next(enhanced) if b else r for r, b in zip(raw_results, boost, strict=True)]
+
+
 def _recognizers(use_ner: bool) -> list:
     """Fast regex / checksum recognisers first, NER last."""
     recognizers = [
@@ -266,7 +303,9 @@ class PiiAnonymizer:
             registry=registry,
             nlp_engine=self._nlp_engine,
             supported_languages=[language],
-            context_aware_enhancer=LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=1),
+            context_aware_enhancer=(LemmaContextAwareEnhancer if use_ner else _WordScreenedEnhancer)(
+                context_prefix_count=5, context_suffix_count=1
+            ),
         )
         supported = set(self._analyzer.get_supported_entities(language))
         # Without NER nothing finds LOCATION: leave it out rather than have Presidio warn on every call.

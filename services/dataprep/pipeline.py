@@ -1,10 +1,11 @@
 """The preparation pipeline: raw file bytes in, a clean, anonymised, split dataset and its report out.
 
 Two streaming passes keep memory flat whatever the file size. Pass 1 reads line by line:
-validate -> normalise -> anonymise PII -> drop exact duplicates -> drop near-duplicates (MinHash
-LSH, in batches) -> spool the survivors to a work file, keeping only a label per example in
-memory. Pass 2 reads the spool once: the seeded, stratified split decides each example's side, and
-train, validation and the review sample are written to the artifact store. Near-duplicates are
+parse -> validate -> normalise -> anonymise PII -> count tokens (in batches, here or in worker
+processes: see transform.py) -> drop exact duplicates -> drop near-duplicates (MinHash LSH) ->
+spool the survivors to a work file, keeping only a label per example in memory. Pass 2 reads
+the spool once: the seeded, stratified split decides each example's side, and train, validation
+and the review sample are written to the artifact store. Near-duplicates are
 removed across the whole file before the split, so no validation example has a near-copy in train.
 """
 
@@ -15,15 +16,13 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from services.dataprep.dedup import ConflictDetector, ExactDeduplicator, NearDuplicateIndex
-from services.dataprep.examples import Example, LineError, example_from_record
-from services.dataprep.formats import detect_format
+from services.dataprep.examples import LineError, example_from_record
+from services.dataprep.formats import detect_format, iter_units
 from services.dataprep.options import PrepareConfig
 from services.dataprep.report import (
     DuplicateSummary,
@@ -37,15 +36,17 @@ from services.dataprep.report import (
     sample_indices,
 )
 from services.dataprep.split import choose_validation, infer_labels
+from services.dataprep.tokens import TokenCounter, load_token_counter
 from services.dataprep.transform import (
-    Transformed,
+    Prepared,
     Transformer,
     TransformPool,
     TransformSpec,
     batched,
+    read_spool_line,
     transform_batches,
 )
-from services.dataprep.validation import TokenCounter, iter_validated, summarize_errors
+from services.dataprep.validation import summarize_errors
 from services.shared.artifacts import Artifact, ArtifactStore
 from services.shared.errors import InvalidArgument, TuneloopError
 from services.shared.models import ModelStore
@@ -53,7 +54,6 @@ from services.shared.settings import Settings
 
 # Part of every dataset id: bump it when the same input would now be prepared differently.
 PIPELINE_VERSION = "2"  # 2: chat examples keep "corrected"
-TOKEN_BATCH = 256
 PROGRESS_EVERY_LINES = 1000
 MAX_LISTED = 100  # errors, duplicates and conflicts listed in the report (the totals are exact)
 PII_SAMPLES = 5
@@ -100,14 +100,7 @@ class PipelineResources:
     def token_counter(self, base_model: str) -> TokenCounter:
         with self._lock:
             if base_model not in self._counters:
-                from transformers import AutoConfig, AutoTokenizer
-
-                path = self._models.ensure(base_model)
-                tokenizer = AutoTokenizer.from_pretrained(
-                    path, local_files_only=True, trust_remote_code=False
-                )
-                config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-                self._counters[base_model] = TokenCounter(tokenizer, config.max_position_embeddings)
+                self._counters[base_model] = load_token_counter(self._models.ensure(base_model))
             return self._counters[base_model]
 
     def anonymizer(self, entities: tuple[str, ...], placeholders: dict[str, str], use_ner: bool):
@@ -116,23 +109,30 @@ class PipelineResources:
         key = (entities, tuple(sorted(placeholders.items())), use_ner)
         with self._lock:
             if key not in self._anonymizers:
-                self._anonymizers[key] = PiiAnonymizer(entities or None, placeholders or None, use_ner=use_ner)
+                self._anonymizers[key] = PiiAnonymizer(
+                    entities or None, placeholders or None, use_ner=use_ner
+                )
             return self._anonymizers[key]
 
-    def transformer(self, config: PrepareConfig) -> Transformer:
-        """Pass 1's per-example work for `config`, in this process (see transform.py)."""
+    def transformer(self, config: PrepareConfig, data_format: str) -> Transformer:
+        """Pass 1's per-record work for `config` on a file of `data_format`, in this process (see transform.py)."""
         spec = TransformSpec(
+            format=data_format,
+            model_path=str(self._models.ensure(config.base_model)),
             anonymize=config.anonymize_pii,
             pii_entities=tuple(config.pii_entities),
             pii_placeholders=tuple(sorted(config.pii_placeholders.items())),
             use_ner=config.pii_detector == "ner",
         )
+        counter = self.token_counter(config.base_model)
         anonymizer = (
-            self.anonymizer(spec.pii_entities, dict(spec.pii_placeholders), spec.use_ner) if spec.anonymize else None
+            self.anonymizer(spec.pii_entities, dict(spec.pii_placeholders), spec.use_ner)
+            if spec.anonymize
+            else None
         )
         with self._lock:
             if spec not in self._transformers:
-                self._transformers[spec] = Transformer(spec, anonymizer)
+                self._transformers[spec] = Transformer(spec, counter, anonymizer)
             return self._transformers[spec]
 
     def close(self) -> None:
@@ -202,19 +202,18 @@ def prepare_dataset(
     cancel: threading.Event | None = None,
 ) -> PreparedDataset:
     counter = resources.token_counter(config.base_model)
-    transformer = resources.transformer(config)
     chunks = iter(chunks)
     first = next(chunks, b"")
     if not first.strip():
         raise DatasetRejected("the file is empty", {"format": config.format or "", "lines": 0})
     data_format = config.format or detect_format(first)
+    transformer = resources.transformer(config, data_format)
     spool_path = workdir / "clean.jsonl"
     state = _FirstPass(config)
     with open(spool_path, "w", encoding="utf-8") as spool:
         _first_pass(
             itertools.chain([first], chunks),
             data_format,
-            counter,
             transformer,
             resources.pool,
             state,
@@ -232,18 +231,33 @@ def prepare_dataset(
         )
     if not state.kept_lines:
         raise DatasetRejected("the file has no usable examples", _rejection_report(data_format, state, [], 0))
-    return _second_pass(spool_path, data_format, config, counter, artifacts, state, cancel)
+    return _second_pass(spool_path, data_format, config, counter.max_tokens, artifacts, state, cancel)
 
 
 def _first_pass(
-    chunks, data_format, counter, transformer: Transformer, pool: TransformPool | None, state: _FirstPass, spool,
-    on_progress, cancel,
+    chunks,
+    data_format,
+    transformer: Transformer,
+    pool: TransformPool | None,
+    state: _FirstPass,
+    spool,
+    on_progress,
+    cancel,
 ) -> None:
-    """Validate line by line here; normalise, anonymise and hash in batches (here or in worker
-    processes, see transform.py); then, in file order, drop exact and near-duplicates and spool the rest."""
-
-    def valid_examples() -> Iterator[Example]:
-        for item in iter_validated(chunks, data_format, counter):
+    """Parse, validate, normalise, anonymise, count and hash in batches (here or in worker processes,
+    see transform.py); then, in file order, drop exact and near-duplicates and spool the rest."""
+    exact = ExactDeduplicator()
+    near = NearDuplicateIndex(
+        threshold=state.config.near_duplicate_threshold,
+        shingle_size=transformer.spec.shingle_size,
+        num_perm=transformer.spec.num_perm,
+        seed=transformer.spec.seed,
+    )
+    for batch in transform_batches(batched(iter_units(chunks, data_format)), transformer, pool):
+        unique: list[tuple[Prepared, int]] = []  # with its row in batch.signatures
+        rows = itertools.count()
+        for item in batch.items:
+            row = None if isinstance(item, list) else next(rows)
             state.lines = item[0].line if isinstance(item, list) else item.line
             if state.lines % PROGRESS_EVERY_LINES == 0:
                 if on_progress:
@@ -257,53 +271,39 @@ def _first_pass(
             state.valid += 1
             if state.invalid_lines and not state.config.drop_invalid:
                 continue  # the file will be rejected: keep reading only to list every error
-            yield item
-
-    exact = ExactDeduplicator()
-    near = NearDuplicateIndex(
-        threshold=state.config.near_duplicate_threshold,
-        shingle_size=transformer.spec.shingle_size,
-        num_perm=transformer.spec.num_perm,
-        seed=transformer.spec.seed,
-    )
-    for transformed in transform_batches(batched(valid_examples()), transformer, pool):
-        unique: list[Transformed] = []
-        for item in transformed:
-            example = item.example
             if item.pii:
                 state.pii_counts.update(item.pii)
                 if len(state.pii_samples) < PII_SAMPLES:
-                    state.pii_samples.append({"line": example.line, "before": item.before, "after": example.texts()})
-            earlier = exact.first_seen_digest(item.digest, example.line)
+                    state.pii_samples.append({"line": item.line, "before": item.before, "after": item.after})
+            earlier = exact.first_seen_digest(item.digest, item.line)
             if earlier is not None:
                 state.exact_total += 1
                 if len(state.exact_duplicates) < MAX_LISTED:
-                    state.exact_duplicates.append({"line": example.line, "duplicate_of": earlier})
+                    state.exact_duplicates.append({"line": item.line, "duplicate_of": earlier})
                 continue
-            unique.append(item)
+            unique.append((item, row))
         if not unique:
             continue
         matches = near.add_or_match_signatures(
-            [item.example.line for item in unique], np.stack([item.signature for item in unique])
+            [item.line for item, _ in unique], batch.signatures[[row for _, row in unique]]
         )
-        for item, match in zip(unique, matches, strict=True):
-            example = item.example
+        for (item, _), match in zip(unique, matches, strict=True):
             if match is not None:
                 state.near_total += 1
                 if len(state.near_duplicates) < MAX_LISTED:
-                    state.near_duplicates.append({"line": example.line, "duplicate_of": match})
+                    state.near_duplicates.append({"line": item.line, "duplicate_of": match})
                 continue
-            state.conflicts.add(example)
-            spool.write(json.dumps({"line": example.line, "record": example.to_record()}, ensure_ascii=False) + "\n")
-            state.kept_lines.append(example.line)
-            state.labels.append(example.label)
-            state.outputs.add(example.output)
+            state.conflicts.add_key(item.conflict, item.line)
+            spool.write(item.spool)
+            state.kept_lines.append(item.line)
+            state.labels.append(item.label)
+            state.outputs.add(item.output)
     if on_progress:
         on_progress(state.lines)
 
 
 def _second_pass(
-    spool_path, data_format, config, counter, artifacts, state: _FirstPass, cancel
+    spool_path, data_format, config, max_tokens, artifacts, state: _FirstPass, cancel
 ) -> PreparedDataset:
     n = len(state.kept_lines)
     explicit = any(label is not None for label in state.labels)
@@ -312,31 +312,28 @@ def _second_pass(
     review_positions = set(sample_indices(n, config.review_sample_size, config.seed))
     tokens = {"train": 0, "validation": 0}
     longest = 0
-    review: list[Example] = []
+    reviewed = 0
     train_writer, validation_writer, review_writer = (
         artifacts.writer(),
         artifacts.writer(),
         artifacts.writer(),
     )
     try:
-        for position_batch in batched(enumerate(_read_spool(spool_path)), TOKEN_BATCH):
-            if cancel is not None and cancel.is_set():
-                raise Interrupted("the service is stopping")
-            examples = [example for _, example in position_batch]
-            counts = counter.count_many(examples)
-            for (position, example), count in zip(position_batch, counts, strict=True):
+        with open(spool_path, encoding="utf-8") as spool:
+            for position, text in enumerate(spool):
+                if position % PROGRESS_EVERY_LINES == 0 and cancel is not None and cancel.is_set():
+                    raise Interrupted("the service is stopping")
+                line, count, record = read_spool_line(text)
                 side = "validation" if position in validation else "train"
-                line = (example.to_json() + "\n").encode()
-                (validation_writer if side == "validation" else train_writer).write(line)
+                (validation_writer if side == "validation" else train_writer).write((record + "\n").encode())
                 tokens[side] += count
                 longest = max(longest, count)
                 if position in review_positions:
-                    review.append(example)
+                    reviewed += 1
+                    example = example_from_record(json.loads(record), line)
                     review_writer.write(
                         (
-                            json.dumps(
-                                {"line": example.line, "record": example.to_record()}, ensure_ascii=False
-                            )
+                            json.dumps({"line": line, "record": example.to_record()}, ensure_ascii=False)
                             + "\n"
                         ).encode()
                     )
@@ -361,7 +358,9 @@ def _second_pass(
         .add("exact_duplicates", state.valid, state.valid - state.exact_total)
         .add("near_duplicates", state.valid - state.exact_total, n)
         .add("split", n, n),
-        invalid=_invalid_section(state.errors[:MAX_LISTED], len(state.errors), state.invalid_lines, dropped=True),
+        invalid=_invalid_section(
+            state.errors[:MAX_LISTED], len(state.errors), state.invalid_lines, dropped=True
+        ),
         duplicates=DuplicateSummary(
             exact=state.exact_total,
             near=state.near_total,
@@ -386,10 +385,10 @@ def _second_pass(
         ),
         label_source=("explicit" if explicit else "inferred") if labels else None,
         label_counts=label_counts,
-        tokens=TokenTotals(tokens["train"], tokens["validation"], longest, counter.max_tokens),
+        tokens=TokenTotals(tokens["train"], tokens["validation"], longest, max_tokens),
         cost=cost_estimate(tokens["train"], n_train, config.price_per_1k_tokens, config.n_epochs),
         advice=readiness_advice(n_train, n_validation, duplicate_rate, label_counts),
-        review_sample_size=len(review),
+        review_sample_size=reviewed,
     ).to_dict()
     return PreparedDataset(
         format=data_format,
@@ -402,7 +401,9 @@ def _second_pass(
     )
 
 
-def _invalid_section(listed: list[LineError], total_errors: int, invalid_lines: int, *, dropped: bool) -> dict:
+def _invalid_section(
+    listed: list[LineError], total_errors: int, invalid_lines: int, *, dropped: bool
+) -> dict:
     return {
         "total_lines": invalid_lines,
         "dropped": invalid_lines if dropped else 0,
@@ -418,10 +419,3 @@ def _rejection_report(data_format: str, state: _FirstPass, listed: list[LineErro
         "invalid": _invalid_section(listed, total, state.invalid_lines, dropped=False),
         "advice": [],
     }
-
-
-def _read_spool(path: Path) -> Iterator[Example]:
-    with open(path, encoding="utf-8") as spool:
-        for raw in spool:
-            item = json.loads(raw)
-            yield example_from_record(item["record"], item["line"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from services.dataprep.examples import Example, LineError
@@ -142,7 +143,21 @@ class TokenCounter:
 
     def check_many(self, examples: Sequence[Example]) -> list[LineError | None]:
         """For each example, a `too_many_tokens` or `chat_template_error` problem, or None."""
-        counts, starts = self._counts(examples, exact=False)
+        return self._problems(examples, *self._counts(examples, exact=False))
+
+    def check_and_count(self, examples: Sequence[Example]) -> list[LineError | int]:
+        """For each example, what `check_many` finds wrong with it, or else its exact token count
+        (what `count_many` would say): both from one rendering and tokenization."""
+        counts, starts = self._counts(examples, exact=True)
+        problems = self._problems(examples, counts, starts)
+        return [
+            problem or max(counts[start : start + (2 if example.kind == "preference" else 1)])  # type: ignore[type-var]
+            for example, start, problem in zip(examples, starts, problems, strict=True)
+        ]
+
+    def _problems(
+        self, examples: Sequence[Example], counts: list[int | Exception | None], starts: list[int]
+    ) -> list[LineError | None]:
         results: list[LineError | None] = []
         for example, start in zip(examples, starts, strict=True):
             if example.kind == "preference":
@@ -273,3 +288,12 @@ class PieceCounts:
             encodings = self._encode_batch(missing, add_special_tokens=False)
             cache.update(zip(missing, (len(encoding.ids) for encoding in encodings), strict=True))
         return [sum(map(cache.__getitem__, pieces)) for pieces in split]
+
+
+def load_token_counter(path: str | Path) -> TokenCounter:
+    """The counter of the base model in directory `path`: its tokenizer, chat template and context length."""
+    from transformers import AutoConfig, AutoTokenizer  # heavy: only where counting happens
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    return TokenCounter(tokenizer, config.max_position_embeddings)
