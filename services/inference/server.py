@@ -131,9 +131,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return (name, version) if version is not None else ("", name)  # not a deployment: the model is unknown
 
     async def _admitted_generate(self, request, context, **streaming) -> tuple[str, list[Generation]]:
-        tenant = tenant_of(context)
+        tenant, choices = tenant_of(context), request.n or 1  # n 0: the field left unset
         options = dict(
-            n=request.n or 1,  # 0: the field left unset
             messages=[{"role": m.role, "content": m.content} for m in request.messages] or None,
             prompt=request.prompt or None,
             max_tokens=request.max_tokens or self._settings.default_max_tokens,
@@ -142,12 +141,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             seed=request.seed if request.HasField("seed") else None,
             stop=list(request.stop),
         )
-        check_request(**{k: v for k, v in options.items() if k != "n"})  # never waits for a registry or a model
-        check_choices(options["n"], self._settings.max_choices)
+        check_request(**options)  # a bad request never waits for the registry, a remote or a model
+        check_choices(choices, self._settings.max_choices)
         deployment, version = await self._resolve(request, tenant)
         request.model = version  # what answers, and what the response and the log name
         route = await self._route(version, tenant)
-        options.update(streaming)
+        options.update(streaming, n=choices)
         if isinstance(route, tuple):
             backend, remote_model = route
             call = functools.partial(backend.generate, version, remote_model, **options)

@@ -3,6 +3,7 @@ choice under ids derived from the response's; over the generator and over gRPC, 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import grpc
@@ -148,3 +149,22 @@ async def test_more_choices_than_the_service_allows_are_refused_naming_n_and_log
                                       metadata=call_metadata())
         rows = await _logged(service)
     assert len(allowed.choices) == 2 and len(rows) == 2
+
+
+async def test_a_stream_of_choices_whose_client_leaves_logs_every_choice_as_cancelled(settings):
+    async with running(DEFINITION, settings) as (service, channel):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        call = stub.GenerateStream(inference_pb2.GenerateRequest(model=MODEL, prompt="Once", max_tokens=200,
+                                                                 temperature=1.0, seed=2, n=2),
+                                   metadata=call_metadata())
+        first = await call.read()
+        call.cancel()
+        ids = [first.completion_id, f"{first.completion_id}.1"]
+        for _ in range(100):
+            rows = await _logged(service)
+            if all(completion_id in rows for completion_id in ids):
+                break
+            await asyncio.sleep(0.05)
+    assert [(rows[i]["finish_reason"], rows[i]["stream"]) for i in ids] == [("cancelled", True)] * 2
+    assert all(0 < rows[i]["completion_tokens"] < 200 for i in ids)
+    assert rows[ids[first.index]]["response"].startswith(first.text)
