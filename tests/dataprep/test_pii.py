@@ -322,3 +322,29 @@ def test_no_network_access_is_attempted(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "anonymizer attempts 0" in completed.stdout
+
+
+def test_the_context_word_screen_changes_no_finding_or_score(corpus, monkeypatch):
+    """Without NER, findings whose recogniser has no context word in the text skip Presidio's
+    context enhancer (and so the tokenizer); with the enhancer on every finding the results are the same."""
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+
+    screened, plain = PiiAnonymizer(use_ner=False), PiiAnonymizer(use_ner=False)
+    plain._analyzer.context_aware_enhancer = LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=1)
+    tokenized = Counter()
+    for name, anonymizer in (("screened", screened), ("plain", plain)):
+        process_text = anonymizer._nlp_engine.process_text
+
+        def counted(text, language, name=name, process_text=process_text):
+            tokenized[name] += 1
+            return process_text(text, language)
+
+        monkeypatch.setattr(anonymizer._nlp_engine, "process_text", counted)
+    texts = [row["text"] for row in corpus] + [
+        "Call 020 7946 0958 today.",  # a weak pattern that needs its context word
+        "The number 020 7946 0958 is on the invoice.",  # and without one
+        "Ring me on 07700 900123, my tel is below.",
+        "Born on 5 March 1990, patient Anna Berg was seen by Dr. Omar Novak.",
+    ]
+    assert [screened.analyze(text) for text in texts] == [plain.analyze(text) for text in texts]
+    assert 0 < tokenized["screened"] < tokenized["plain"], tokenized  # the screen did skip some

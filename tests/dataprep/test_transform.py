@@ -10,8 +10,9 @@ import signal
 
 import pytest
 
+from services.dataprep.examples import example_from_record
 from services.dataprep.options import PrepareConfig
-from services.dataprep.pipeline import PipelineResources, prepare_dataset
+from services.dataprep.pipeline import DatasetRejected, PipelineResources, prepare_dataset
 from services.dataprep.transform import BATCH_EXAMPLES, INLINE_BATCHES
 from services.shared.artifacts import ArtifactStore
 from services.shared.errors import Unavailable
@@ -104,3 +105,49 @@ def test_a_dead_worker_fails_that_dataset_clearly_and_the_next_one_gets_fresh_wo
         assert third.train.sha256 == first.train.sha256
     finally:
         resources.close()
+
+
+def _with_bad_lines(content: bytes) -> bytes:
+    """The file with a bad line every 97 lines: broken JSON, bad UTF-8, no answer, an answer past the
+    tiny model's 256 tokens, an unknown key; most of them land in batches the workers read."""
+    bad = [b'{"messages": [', b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',
+           json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+           json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "word " * 400}]}).encode(),
+           json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}],
+                       "colour": "red"}).encode()]
+    lines = content.split(b"\n")
+    for i, position in enumerate(range(50, len(lines), 97)):
+        lines[position] = bad[i % len(bad)]
+    return b"\n".join(lines)
+
+
+def test_workers_report_bad_lines_and_count_tokens_as_one_process(settings, tmp_path):
+    content = _with_bad_lines(_file(N_EXAMPLES, seed=5))
+    alone = PipelineResources(settings, workers=1)
+    fanned = PipelineResources(settings, workers=2)
+    try:
+        one = _prepare(alone, content, tmp_path, "one", drop_invalid=True)
+        many = _prepare(fanned, content, tmp_path, "many", drop_invalid=True)
+        invalid = one.report["invalid"]
+        assert invalid["total_lines"] >= 20 and many.report == one.report
+        codes = {(e["code"], e["field"]) for e in invalid["errors"]}
+        assert {("invalid_json", "(line)"), ("invalid_encoding", "(line)"), ("too_many_tokens", "messages"),
+                ("example_missing_assistant_message", "messages"), ("unrecognized_key", "colour")} <= codes
+        assert all(content.split(b"\n")[e["line"] - 1] for e in invalid["errors"])  # the line at fault
+        assert many.train.sha256 == one.train.sha256
+        with pytest.raises(DatasetRejected) as alone_rejected:
+            _prepare(alone, content, tmp_path, "one-strict")
+        with pytest.raises(DatasetRejected) as fanned_rejected:
+            _prepare(fanned, content, tmp_path, "many-strict")
+        assert fanned_rejected.value.report == alone_rejected.value.report
+        assert fanned_rejected.value.message == alone_rejected.value.message
+        # The token totals, counted in the workers before and after anonymisation, are those of what was written.
+        counter = alone.token_counter(TINY_MODEL_ID)
+        store = ArtifactStore(tmp_path / "artifacts")
+        for side, artifact in (("train", many.train), ("validation", many.validation)):
+            records = b"".join(store.iter_chunks(artifact.sha256)).decode().splitlines()
+            examples = [example_from_record(json.loads(r), i) for i, r in enumerate(records)]
+            assert many.report["tokens"][side] == sum(counter.count_many(examples))
+    finally:
+        fanned.close()
