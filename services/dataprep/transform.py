@@ -10,7 +10,7 @@ it, in the pipeline's own process. A dataset is therefore the same bytes whichev
 made, which a test checks. What comes back is small (`Prepared`: digests, the spool line, a few
 strings; signatures as one array per batch), so sending it costs little next to the work.
 
-Why processes: PII detection is pure-Python regex and phone-number parsing (~250 us per example
+Why processes: PII detection is pure-Python regex and phone-number parsing (~350-600 us per example
 without NER, ~15 ms with it), so threads would share one core through the GIL. The pool uses the
 `spawn` start method (forking a process that runs gRPC and asyncio threads is unsafe), is started
 on the first file large enough to need it, and is then kept for the life of the process: a worker
