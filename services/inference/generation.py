@@ -10,6 +10,9 @@ many adapters it serves, and at most `max_adapters` adapters are loaded: the one
 recently, and by no request in flight, is unloaded to make room. A full fine-tune is a model (and
 an engine) of its own. Either renders prompts with the chat template it was trained with
 (fine_tuned.py).
+
+Every model is loaded in the generator's one dtype (precision.py): bfloat16 where the CPU computes
+it natively, float32 elsewhere, unless the `inference_dtype` setting chooses.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,15 +31,19 @@ from services.inference import batching
 from services.inference.batching import BASE, Engine
 from services.inference.decoding import GeneratedToken, Generation
 from services.inference.fine_tuned import FineTuned, check_chat_template
+from services.inference.precision import check_serving_dtype, serving_dtype
 from services.shared.errors import InvalidArgument
 from services.shared.models import ModelStore
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["GeneratedToken", "Generation", "Generator", "check_choices", "check_request"]
 
 ROLES = frozenset({"system", "user", "assistant"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,9 +68,12 @@ class Generator:
     Thread-safe: the gRPC server calls `generate` from a thread per request.
     """
 
-    def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8):
+    def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8, dtype: str = "auto"):
         if max_batch_size < 1 or max_adapters < 1:
             raise ValueError("max_batch_size and max_adapters must be at least 1")
+        # Checked now, resolved at the first load: resolving imports torch, which a bad setting
+        # should not wait for.
+        self._dtype_choice = check_serving_dtype(dtype)
         self._store = store
         self._max_batch_size = max_batch_size
         self._max_adapters = max_adapters
@@ -161,6 +172,8 @@ class Generator:
                 extra = {"adapter_names": [adapter]} if loaded.peft is not None else {}
                 logits = model(input_ids=torch.tensor([full_ids], device=loaded.model.device), **extra).logits[0]
             targets = torch.tensor(full_ids[len(prompt_ids):])
+            # Upcast before the log-softmax: on a bf16 model, a sum over 49k exponentials and the
+            # log of it in bf16 would be off by more than the differences a perplexity compares.
             logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
             return float(logprobs.gather(1, targets[:, None]).sum()), len(targets)
 
@@ -179,7 +192,9 @@ class Generator:
         with self._lock_for(key):  # loading, and the adapters' bookkeeping
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = _load(self._store, key) if fine_tuned is None or lora else _load_full(fine_tuned)
+                loaded = (_loaded(*self._store.load(key, self.dtype)) if fine_tuned is None or lora
+                          else _load_full(fine_tuned, self.dtype))
+                log.info("inference: loaded %s in %s", key, str(self.dtype).removeprefix("torch."))
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
                                        self._max_batch_size)
                 self._models[key] = loaded
@@ -191,6 +206,16 @@ class Generator:
         finally:
             with self._lock_for(key):
                 loaded.in_use[adapter] -= 1
+
+    @functools.cached_property
+    def dtype(self) -> torch.dtype:
+        """What every model here is loaded in. "auto" asks the CPU: this backend loads models there."""
+        return serving_dtype(self._dtype_choice, "cpu")
+
+    def loaded_dtype(self, model_id: str) -> torch.dtype | None:
+        """The dtype of the loaded weights serving `model_id` (a base model or a full fine-tune)."""
+        loaded = self._models.get(model_id)
+        return loaded.model.dtype if loaded is not None else None
 
     def engine(self, model_id: str) -> Engine | None:
         """The engine serving `model_id` (a base model or a full fine-tune), if it is loaded."""
@@ -222,12 +247,16 @@ class Generator:
         # Model ids hold ':' and '.', which peft's module names cannot.
         name = "ft_" + hashlib.sha256(fine_tuned.model_id.encode()).hexdigest()[:16]
         assert loaded.engine is not None
+        # autocast_adapter_dtype (peft's default, stated because it matters): on a bf16 base the
+        # adapter's weights stay float32 and its product is computed in float32, then added to the
+        # base layer's bf16 output; a small learned delta is not rounded away inside the adapter.
         with loaded.engine.lock:  # between two forward passes: no row sees the model half changed
             if loaded.peft is None:
                 loaded.peft = PeftModel.from_pretrained(loaded.model, str(fine_tuned.path), adapter_name=name,
-                                                        is_trainable=False)
+                                                        is_trainable=False, autocast_adapter_dtype=True)
             else:
-                loaded.peft.load_adapter(str(fine_tuned.path), adapter_name=name, is_trainable=False)
+                loaded.peft.load_adapter(str(fine_tuned.path), adapter_name=name, is_trainable=False,
+                                         autocast_adapter_dtype=True)
             loaded.peft.eval()
             idle = [model_id for model_id, (old, _) in loaded.adapters.items() if not loaded.in_use.get(old)]
             for model_id in idle[:max(0, len(loaded.adapters) + 1 - self._max_adapters)]:
@@ -291,18 +320,14 @@ def check_choices(n: int, most: int | None = None) -> None:
         raise InvalidArgument(f"n must be an integer {allowed}; got {n!r}", param="n")
 
 
-def _load(store: ModelStore, model_id: str) -> _LoadedModel:
-    return _loaded(*store.load(model_id))
-
-
-def _load_full(fine_tuned: FineTuned) -> _LoadedModel:
-    """A full fine-tune: a whole model of its own, with the tokenizer it was trained with."""
-    import torch
+def _load_full(fine_tuned: FineTuned, dtype: torch.dtype) -> _LoadedModel:
+    """A full fine-tune: a whole model of its own (saved in float32, cast to `dtype` as it loads),
+    with the tokenizer it was trained with."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(fine_tuned.path, local_files_only=True, trust_remote_code=False)
     check_chat_template(fine_tuned, tokenizer.chat_template)
-    model = AutoModelForCausalLM.from_pretrained(fine_tuned.path, dtype=torch.float32, local_files_only=True,
+    model = AutoModelForCausalLM.from_pretrained(fine_tuned.path, dtype=dtype, local_files_only=True,
                                                  use_safetensors=True, trust_remote_code=False)
     model.eval()
     return _loaded(model, tokenizer)

@@ -336,7 +336,7 @@ def _usage(generations: list[Generation]) -> common_pb2.Usage:
 async def build(runtime: Runtime) -> ServiceParts:
     settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
     generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
-                          max_adapters=settings.max_adapters)
+                          max_adapters=settings.max_adapters, dtype=settings.inference_dtype)
     channels = [open_channel(settings.training_addr, settings)]
     registry = training_pb2_grpc.TrainingStub(channels[0])
     dataprep = None

@@ -2,6 +2,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from services.inference.precision import ServingDtype
 from services.inference.remote import RemoteModel
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 
@@ -17,6 +18,10 @@ class InferenceSettings(ServiceSettings):
     max_batch_size: int = Field(default=16, ge=1)
     # The most choices (OpenAI's `n`) one request may ask for; each is a row of the batch.
     max_choices: int = Field(default=8, ge=1, le=128)
+    # What the `transformers` backend computes in (TUNELOOP_INFERENCE_DTYPE): "auto" is bfloat16 where
+    # the machine computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), about
+    # twice float32's speed there, and float32 elsewhere; "float32" or "bfloat16" choose (precision.py).
+    inference_dtype: ServingDtype = "auto"
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.

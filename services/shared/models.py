@@ -399,3 +399,23 @@ def _nf4_loading(compute_dtype: torch.dtype) -> dict:
         bnb_4bit_compute_dtype=compute_dtype,
     )
     return {"quantization_config": config, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}
+
+
+# ---- native bf16 ----------------------------------------------------------------------------
+
+
+def cpu_supports_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls that are faster than float32 ones, not emulated."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def computes_bf16_natively(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` runs bf16 matmuls in hardware (a CUDA GPU with bf16, a CPU with AVX512-BF16
+    or AMX): elsewhere bf16 is emulated, slower than float32 and less exact, so nothing gains by it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return cpu_supports_bf16()

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from services.shared.errors import InvalidArgument
-from services.shared.models import ADAPTER_MANIFEST
+from services.shared.models import ADAPTER_MANIFEST, cpu_supports_bf16
 from services.training import full
 from services.training.batching import length_grouped_batches, micro_batches
 from services.training.dpo import DEFAULT_BETA, DpoObjective
@@ -61,11 +61,6 @@ RESUMABLE_CHANGES = {"early_stopping_patience", "num_threads"}
 METHODS = ("supervised", "dpo", "full", "qlora")
 
 EventSink = Callable[[dict[str, Any]], None]
-
-
-def cpu_supports_bf16() -> bool:
-    """AVX512-BF16 or AMX: bf16 matmuls that are faster than float32 ones, not emulated."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def physical_cores() -> int:

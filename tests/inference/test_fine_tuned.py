@@ -52,6 +52,14 @@ def green(store, tmp_path_factory) -> FineTuned:
     return _train(store, tmp_path_factory.mktemp("green"), "green")
 
 
+# float32, not the machine's "auto" (bf16 where the CPU has it): these tests compare batched answers
+# with lone ones and with peft's own, token for token, on a tiny random model, and bf16's
+# coarser rounding in a batch of another shape could flip such an argmax. The bf16
+# tests below say what holds there.
+def _generator(store: ModelStore, **options) -> Generator:
+    return Generator(store, dtype="float32", **options)
+
+
 def _greedy(generator: Generator, model: str, fine_tuned: FineTuned | None = None) -> str:
     return generator.generate(model, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=fine_tuned).text
 
@@ -62,7 +70,7 @@ def _says(text: str, answer: str) -> bool:
 
 
 def test_adapters_share_one_base_and_base_requests_stay_the_base_models(store, blue, green):
-    generator = Generator(store)
+    generator = _generator(store)
     before = _greedy(generator, TINY_MODEL_ID)
     assert blue.kind == "lora" and not _says(before, "blue") and not _says(before, "green")
     blue_answer = _greedy(generator, blue.model_id, blue)
@@ -76,7 +84,10 @@ def test_adapters_share_one_base_and_base_requests_stay_the_base_models(store, b
 def test_a_full_fine_tune_is_served_as_a_model_of_its_own(store, tmp_path):
     full = _train(store, tmp_path / "full", "red", method="full")
     assert full.kind == "full"
-    assert _says(_greedy(Generator(store), full.model_id, full), "red")
+    assert _says(_greedy(_generator(store), full.model_id, full), "red")
+    in_bf16 = Generator(store, dtype="bfloat16")  # saved in float32, cast as it loads
+    assert _says(_greedy(in_bf16, full.model_id, full), "red")
+    assert in_bf16.loaded_dtype(full.model_id) == torch.bfloat16
 
 
 def test_an_adapter_whose_chat_template_changed_after_training_is_refused(store, blue, tmp_path):
@@ -91,7 +102,7 @@ def test_an_adapter_whose_chat_template_changed_after_training_is_refused(store,
     (copy / "chat_template.jinja").unlink(missing_ok=True)
     tampered = read_fine_tuned("ft:tiny-llama:acme:t:ftjob-t", TINY_MODEL_ID, str(copy))
     with pytest.raises(FailedPrecondition, match="not the one it was trained with") as raised:
-        _greedy(Generator(store), tampered.model_id, tampered)
+        _greedy(_generator(store), tampered.model_id, tampered)
     assert raised.value.code == "chat_template_mismatch" and raised.value.param == "model"
 
 
@@ -104,7 +115,7 @@ def test_registry_entries_that_do_not_fit_are_refused(blue, tmp_path):
 
 def test_a_fine_tuned_id_needs_its_registry_entry(store):
     with pytest.raises(InvalidArgument, match="resolve it in the registry") as raised:
-        Generator(store).generate("ft:tiny-llama:acme:x:ftjob-1", prompt="x", max_tokens=1, temperature=0)
+        _generator(store).generate("ft:tiny-llama:acme:x:ftjob-1", prompt="x", max_tokens=1, temperature=0)
     assert raised.value.param == "model"
 
 
@@ -121,12 +132,12 @@ def test_the_served_adapter_computes_what_peft_computes(store, blue):
     with torch.no_grad():
         output = model.generate(**ids, max_new_tokens=4, do_sample=False)
     expected = tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert _greedy(Generator(store), blue.model_id, blue) == expected
+    assert _greedy(_generator(store), blue.model_id, blue) == expected
 
 
 def test_the_base_model_and_its_adapters_answer_in_one_mixed_batch(store, blue, green):
     """peft's mixed-adapter batches: each row gets its own adapter (or none), as it would alone."""
-    generator = Generator(store)
+    generator = _generator(store)
     cases = [(TINY_MODEL_ID, None), (blue.model_id, blue), (green.model_id, green), (blue.model_id, blue)]
 
     def ask(model, fine_tuned):
@@ -142,7 +153,7 @@ def test_the_base_model_and_its_adapters_answer_in_one_mixed_batch(store, blue, 
 
 
 def test_past_max_adapters_the_least_recently_used_adapter_is_unloaded(store, blue, green):
-    generator = Generator(store, max_adapters=1)
+    generator = _generator(store, max_adapters=1)
     blue_answer = _greedy(generator, blue.model_id, blue)
     assert generator.loaded_adapters(TINY_MODEL_ID) == [blue.model_id]
     assert _says(_greedy(generator, green.model_id, green), "green")
@@ -158,7 +169,7 @@ def test_an_adapter_in_use_is_not_unloaded(store, blue, green):
     loading another adapter meanwhile neither fails nor changes that request's answer."""
     import threading
 
-    generator = Generator(store, max_adapters=1)
+    generator = _generator(store, max_adapters=1)
     blue_alone = generator.generate(blue.model_id, messages=QUESTION, max_tokens=4, temperature=0, fine_tuned=blue)
     started, release = threading.Event(), threading.Event()
 
@@ -193,7 +204,7 @@ def test_a_reference_answer_is_scored_with_the_models_own_probabilities(store, b
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    generator = Generator(store)
+    generator = _generator(store)
     blue_blue, tokens = generator.score(blue.model_id, messages=QUESTION, answer="blue", fine_tuned=blue)
     blue_green, _ = generator.score(blue.model_id, messages=QUESTION, answer="green", fine_tuned=blue)
     base_blue, base_tokens = generator.score(TINY_MODEL_ID, messages=QUESTION, answer="blue")
@@ -213,3 +224,40 @@ def test_a_reference_answer_is_scored_with_the_models_own_probabilities(store, b
     with pytest.raises(InvalidArgument) as empty:
         generator.score(TINY_MODEL_ID, messages=QUESTION, answer="")
     assert empty.value.param == "answer"
+
+
+# ---- on a bf16 base (the "auto" choice on a CPU with AVX512-BF16 or AMX) ----------------------------
+
+
+def test_adapters_on_a_bf16_base_answer_what_they_learned_alone_and_in_one_mixed_batch(store, blue, green):
+    """peft keeps each adapter's weights in float32 on a bf16 base and adds their product to the bf16
+    output: the adapters still answer what they learned and the base model still does not, as in float32."""
+    exact, generator = _generator(store), Generator(store, dtype="bfloat16")
+    cases = [(TINY_MODEL_ID, None), (blue.model_id, blue), (green.model_id, green)]
+    in_float32 = [_greedy(exact, *case) for case in cases]
+    alone = [_greedy(generator, *case) for case in cases]
+    batched = held_back_then_released(generator, TINY_MODEL_ID, [lambda case=case: _greedy(generator, *case)
+                                                                 for case in cases])
+    for answers in (in_float32, alone, batched):
+        assert _says(answers[1], "blue") and _says(answers[2], "green")
+        assert not _says(answers[0], "blue") and not _says(answers[0], "green")
+    assert generator.engine(TINY_MODEL_ID).stats.mixed_steps > 0
+    peft_model = generator._models[TINY_MODEL_ID].peft
+    dtypes = {("lora_" in name, parameter.dtype) for name, parameter in peft_model.named_parameters()}
+    assert dtypes == {(True, torch.float32), (False, torch.bfloat16)}
+    assert generator.loaded_dtype(TINY_MODEL_ID) == torch.bfloat16
+
+
+def test_scores_on_a_bf16_model_stay_close_to_float32s_and_rank_answers_the_same(store, blue):
+    """Score upcasts the logits of a bf16 model before its log-softmax: perplexities barely move."""
+    exact, generator = _generator(store), Generator(store, dtype="bfloat16")
+    scores = {}
+    for model, fine_tuned in ((TINY_MODEL_ID, None), (blue.model_id, blue)):
+        for answer in ("blue", "green", "The sky is blue today."):
+            want, tokens = exact.score(model, messages=QUESTION, answer=answer, fine_tuned=fine_tuned)
+            got, bf16_tokens = generator.score(model, messages=QUESTION, answer=answer, fine_tuned=fine_tuned)
+            assert bf16_tokens == tokens
+            assert got == pytest.approx(want, abs=0.05 * tokens)  # nats per token
+            scores[model, answer] = got
+    assert scores[blue.model_id, "blue"] > scores[blue.model_id, "green"]
+    assert scores[blue.model_id, "blue"] > scores[TINY_MODEL_ID, "blue"]

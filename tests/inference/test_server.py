@@ -15,8 +15,10 @@ from tests.fixtures.services import call_metadata, error_param, running, service
 
 @pytest.fixture
 def settings(tmp_path, database_url, nats_url, tiny_model_dir):
+    # float32: a test here compares 12 batched answers with a lone one on the random tiny model, whose
+    # near-uniform logits bf16's rounding (the "auto" choice on a CPU with AVX512-BF16) could flip.
     return service_settings(DEFINITION, tmp_path=tmp_path, database_url=database_url, nats_url=nats_url,
-                            base_models={"tiny-llama": tiny_model_dir})
+                            base_models={"tiny-llama": tiny_model_dir}, inference_dtype="float32")
 
 
 async def _logged(service):
