@@ -171,6 +171,7 @@ class DpoObjective:
 
     rows_per_example = 2
     metric_names = ("loss", "reward_accuracy", "reward_margin")
+    total_names = ("loss", "reward_correct", "reward_margin")
 
     def __init__(self, beta: float = DEFAULT_BETA):
         self.beta = beta

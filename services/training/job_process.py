@@ -28,6 +28,7 @@ from services.shared.models import ModelStore
 from services.shared.settings import Settings
 from services.shared.teacher import TeacherClient, TeacherEndpoint, TeacherParams
 from services.training.distillation import TEACHER_API_KEY_ENV, TEMPERATURE, AnswerCache, TeacherRef, distil
+from services.training.distributed import World, join_world, leave_world
 from services.training.jobs import DEFAULT_BETA, learning_rate_for, validate_full_size
 from services.training.replay import answer_prompts, cache_key, mix, replay_records
 from services.training.settings import TrainingSettings
@@ -122,11 +123,18 @@ def _distil(settings: TrainingSettings, method: dict, api_key: str, splits: list
 
 
 def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threading.Event | None = None,
-        teacher_api_key: str = "") -> None:
+        teacher_api_key: str = "", world: World | None = None) -> None:
+    """The job, in this process or as one of several (`world`, see services.training.distributed):
+    then every process trains its share, and the first one alone reports and writes the results."""
     from services.training.trainer import TrainConfig, Trainer, WarmStart  # heavy: torch, peft
 
+    world = world or World()
+    if world.distributed:
+        reporter.emit("message", level="info", message=f"data parallel: {world.size} processes, each training its "
+                      "share of every batch")
     hyperparameters = spec["hyperparameters"]
     method = spec["method"]
+    settings = TrainingSettings()
     config = TrainConfig(
         n_epochs=hyperparameters["n_epochs"],
         batch_size=hyperparameters["batch_size"],
@@ -139,8 +147,8 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         **({"target_modules": tuple(method["target_modules"])} if method.get("target_modules") else {}),
         early_stopping_patience=method["early_stopping_patience"] or None,
         seed=spec["seed"],
+        bf16=settings.training_bf16,
     )
-    settings = TrainingSettings()
     models = ModelStore(settings)
     if method["type"] == "full":  # the service checked already, unless the default model was not converted yet
         models.ensure(spec["base_model"])
@@ -149,13 +157,15 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
     validation = _read_jsonl(spec["validation_path"])
     if method["type"] == "distillation":
         try:
-            train, validation = _distil(settings, method, teacher_api_key, [train, validation], reporter, cancel)
+            with world.main_first():  # the others then find every answer in the cache
+                train, validation = _distil(settings, method, teacher_api_key, [train, validation], reporter, cancel)
         except _Cancelled:
             return
     # DPO's loss already anchors the policy to the base model (beta), and replay answers are chats, not pairs.
     fraction = method.get("replay_fraction", 0.0) if method["type"] != "dpo" else 0.0
     if fraction:
-        replay = _replay(models, settings, spec["base_model"])
+        with world.main_first():  # the base model answers the general prompts once, into the cache
+            replay = _replay(models, settings, spec["base_model"])
         mixed = mix(train, replay, fraction, spec["seed"])
         reporter.emit("message", level="info", message=f"replay: {len(mixed) - len(train)} general examples answered "
                       f"by {spec['base_model']} itself were mixed into {len(train)} training examples")
@@ -172,6 +182,7 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         base_model_id=spec["base_model"],
         cancel=cancel,
         init_from=WarmStart(Path(init_from["path"]), init_from["kind"]) if init_from else None,
+        world=world,
     )
     trainer.setup()
     if spec.get("resume_from"):
@@ -179,9 +190,11 @@ def run(spec: dict, reporter: Reporter, cancel: threading.Event, pause: threadin
         reporter.emit("message", level="info", message=f"resumed from {spec['resume_from']}")
     result = trainer.train(reporter.on_trainer_event)
     if result.status == "cancelled":
-        if pause is not None and pause.is_set():
+        if world.any(pause is not None and pause.is_set()):
             checkpoint = trainer.save_checkpoint(Path(spec["job_dir"]) / "checkpoints" / "paused")
             reporter.emit("paused", path=str(checkpoint), step=trainer.state.step)
+        return
+    if not world.is_main:
         return
     final = Path(spec["adapter_dir"])
     shutil.rmtree(final, ignore_errors=True)
@@ -215,16 +228,12 @@ def main() -> int:
     # The runner hands the one teacher key a distillation job names through the environment; taken
     # out of it here so nothing this process starts inherits it.
     teacher_api_key = os.environ.pop(TEACHER_API_KEY_ENV, "")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Launched by `accelerate launch` on several GPUs: the trainer runs in one process and does
-        # not shard, so N copies would train the same run N times and race on one output.
-        if int(os.environ.get("RANK", "0")) == 0:
-            reporter.emit("failed", code="distributed_not_supported", message=(
-                f"this job was launched as {os.environ['WORLD_SIZE']} processes, but the trainer does not "
-                "shard across processes yet; run it with one GPU (nodes=1, gpus_per_node=1)"))
-        return 1
+    # Launched by `accelerate launch` or `torchrun` as several processes: each trains its share.
+    world = join_world()
+    if not world.is_main:  # one report per job: the first process's
+        reporter = Reporter(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
     try:
-        run(spec, reporter, cancel, pause, teacher_api_key)
+        run(spec, reporter, cancel, pause, teacher_api_key, world)
     except TuneloopError as error:
         reporter.emit("failed", code=error.code or "training_failed", message=error.message)
         return 1
@@ -232,6 +241,8 @@ def main() -> int:
         traceback.print_exc()
         reporter.emit("failed", code="training_error", message=f"{type(error).__name__}: {error}")
         return 1
+    finally:
+        leave_world(world)
     return 0
 
 

@@ -1,7 +1,9 @@
 """The Kubernetes runner: a job's spec rendered as a batch/v1 Job that runs `accelerate launch`.
 
 The spec is the one the local runner hands `services.training.job_process` on stdin; here it goes
-into a ConfigMap beside the accelerate config (FSDP or DeepSpeed), and the container runs
+into a ConfigMap beside the accelerate config (data parallel: one process per GPU, each with
+the whole model, gradients summed by the trainer; see services.training.distributed for why there
+is no FSDP or DeepSpeed sharding), and the container runs
 
     accelerate launch --config_file /etc/tuneloop/accelerate.yaml ... \
         -m services.training.job_process --spec /etc/tuneloop/spec.json
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -62,15 +64,13 @@ class KubernetesRunner(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # A GPU build of tuneloop's image (CUDA torch, plus deepspeed for accelerate="deepspeed").
+    # A GPU build of tuneloop's image (CUDA torch).
     image: str = "tuneloop:0.1.0"
     namespace: str = "tuneloop"
     # Empty: the namespace's default account. Job pods need no API access; their token is not mounted.
     service_account: str = ""
     nodes: int = Field(default=1, ge=1, le=64)
     gpus_per_node: int = Field(default=1, ge=1, le=16)
-    accelerate: Literal["fsdp", "deepspeed"] = "fsdp"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     # The artifact store: the claim every tuneloop Deployment mounts at data_mount.
     data_claim: str = "tuneloop-data"
     data_mount: str = "/data"
@@ -126,10 +126,12 @@ class KubernetesRunner(BaseModel):
 
 
 def accelerate_config(runner: KubernetesRunner) -> dict[str, Any]:
-    """accelerate's own config format (what `accelerate config` writes), for FSDP or DeepSpeed ZeRO."""
-    config: dict[str, Any] = {
+    """accelerate's own config format (what `accelerate config` writes): `accelerate launch` starts
+    one process per GPU and sets the torch.distributed environment the trainer joins."""
+    return {
         "compute_environment": "LOCAL_MACHINE",
-        "mixed_precision": runner.mixed_precision,
+        # The trainer itself runs in bf16 where the GPU has it (TrainConfig.bf16), not through accelerate.
+        "mixed_precision": "no",
         "num_machines": runner.nodes,
         "num_processes": runner.processes,
         "machine_rank": 0,  # each pod passes its own with --machine_rank
@@ -138,31 +140,9 @@ def accelerate_config(runner: KubernetesRunner) -> dict[str, Any]:
         "same_network": True,
         "use_cpu": False,
         "downcast_bf16": "no",
+        "distributed_type": "MULTI_GPU" if runner.processes > 1 else "NO",
+        "gpu_ids": "all",
     }
-    if runner.accelerate == "fsdp":
-        config["distributed_type"] = "FSDP"
-        config["fsdp_config"] = {
-            "fsdp_version": 2,
-            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_offload_params": False,
-            "fsdp_reshard_after_forward": True,
-            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-            "fsdp_activation_checkpointing": False,
-        }
-    else:
-        config["distributed_type"] = "DEEPSPEED"
-        config["deepspeed_config"] = {
-            # ZeRO-2 across the GPUs of one node, ZeRO-3 once the model is sharded across nodes.
-            "zero_stage": 3 if runner.nodes > 1 else 2,
-            "offload_optimizer_device": "none",
-            "offload_param_device": "none",
-            "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0,
-            "zero3_init_flag": runner.nodes > 1,
-            "deepspeed_multinode_launcher": "standard",
-        }
-    return config
 
 
 def job_name(job_id: str) -> str:

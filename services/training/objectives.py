@@ -24,6 +24,8 @@ class Objective(Protocol):
     rows_per_example: int
     # Metric names without their prefix ("train_", "valid_", "full_valid_"); "loss" first.
     metric_names: tuple[str, ...]
+    # The sums `loss` returns ("loss" and its stats), that `metrics` makes the metrics of.
+    total_names: tuple[str, ...]
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, items: Sequence[Any], max_length: int,
                param: str) -> tuple[list[Any], int]:
@@ -53,6 +55,7 @@ class SupervisedObjective:
 
     rows_per_example = 1
     metric_names = ("loss", "mean_token_accuracy")
+    total_names = ("loss", "correct")
 
     def __init__(self, loss_fn=labelled_loss):
         self._loss_fn = loss_fn

@@ -31,6 +31,10 @@ class TrainingSettings(ServiceSettings):
     # slower than the bf16 LoRA the CPU is good at, so it is refused unless the operator allows it
     # (to save memory on a large base, or to try QLoRA before moving it to a GPU).
     qlora_on_cpu: bool = False
+    # bf16 base weights and autocast in training: unset, where the device computes bf16 natively (a
+    # GPU that has it, a CPU with AVX512-BF16 or AMX); false keeps every run in float32 (bit-stable
+    # results across machines and process counts, about half the speed on such a CPU).
+    training_bf16: bool | None = None
     # Teacher keys by name, as JSON: {"openai": {"base_url": "https://api.openai.com/v1", "api_key": "sk-..."}}.
     # A distillation job names one (method.teacher.api_key_name); the key itself never enters a job record.
     teacher_api_keys: dict[str, TeacherKey] = Field(default_factory=dict)

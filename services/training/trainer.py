@@ -40,6 +40,7 @@ from services.shared.errors import InvalidArgument
 from services.shared.models import ADAPTER_MANIFEST, cpu_supports_bf16
 from services.training import full
 from services.training.batching import length_grouped_batches, micro_batches
+from services.training.distributed import World
 from services.training.dpo import DEFAULT_BETA, DpoObjective
 from services.training.lora import is_quantized, wrap_with_lora
 from services.training.objectives import Objective, SupervisedObjective
@@ -197,6 +198,9 @@ class TrainResult:
     dropped_examples: int
 
 
+SINGLE_PROCESS = World()
+
+
 def _linear_warmup_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -233,6 +237,7 @@ class Trainer:
         base_model_id: str,
         cancel: threading.Event | Callable[[], bool] | None = None,
         init_from: WarmStart | None = None,
+        world: World = SINGLE_PROCESS,
     ):
         if config.early_stopping_patience is not None and not valid_examples:
             raise InvalidArgument("early stopping needs a validation set", param="early_stopping_patience")
@@ -243,6 +248,7 @@ class Trainer:
         self.base_model_id = base_model_id
         self._cancel = cancel
         self._init_from = init_from
+        self.world = world
         self.model: Any = None
         self.state = TrainState()
         self.objective = _objective(config)
@@ -253,7 +259,7 @@ class Trainer:
     def setup(self) -> None:
         config = self.config
         # The GPU when there is one (a 4-bit QLoRA base is put there as it loads, see ModelStore.load).
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device("cuda", self.world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
         native_bf16 = torch.cuda.is_bf16_supported() if self.device.type == "cuda" else cpu_supports_bf16()
         bf16 = native_bf16 if config.bf16 is None else config.bf16
         torch.set_num_threads(config.num_threads or physical_cores())
@@ -332,7 +338,7 @@ class Trainer:
         for epoch in range(state.epochs_completed, config.n_epochs):
             batches = length_grouped_batches(lengths, config.batch_size, config.seed, epoch)
             for batch in batches[state.epoch_step:]:
-                if self._cancelled():
+                if self.world.any(self._cancelled()):  # all processes stop after the same step
                     status = "cancelled"
                     break
                 started = time.perf_counter()
@@ -375,21 +381,31 @@ class Trainer:
                 weight: int) -> tuple[dict[str, float], int]:
         """Run `indices` as micro-batches, each summed loss divided by `weight` (backward when
         gradients are on), so the gradient is the whole batch's; the summed metrics and tokens."""
-        objective, totals, tokens = self.objective, {"loss": 0.0}, 0
+        objective, tokens = self.objective, 0
+        totals = dict.fromkeys(objective.total_names, 0.0)
         for part in micro_batches(indices, lengths, self._microbatch_tokens):
             rows = [examples[i] for i in part]
             loss_sum, stats = objective.loss(self.model, rows, self.pad_id, self.config.bf16)
             if torch.is_grad_enabled():
                 (loss_sum / weight).backward()
             for name, value in {"loss": loss_sum.item(), **stats}.items():
-                totals[name] = totals.get(name, 0.0) + value
+                totals[name] += value
             tokens += sum(objective.tokens(row) for row in rows)
         return totals, tokens
+
+    def _shared_losses(self, examples: Sequence[Any], indices: Sequence[int], lengths: Sequence[int],
+                       weight: int) -> tuple[dict[str, float], int]:
+        """`_losses` of this process's share of `indices`, summed over every process (gradients
+        included), so each process ends with the whole batch's gradient and metrics."""
+        totals, tokens = self._losses(examples, self.world.share(indices), lengths, weight)
+        if torch.is_grad_enabled():
+            self.world.sum_gradients(self._params)
+        return self.world.sum_totals(totals, tokens)
 
     def _train_step(self, batch: list[int], lengths: list[int]) -> tuple[dict[str, float], int]:
         """One optimizer step over a batch: its `train_*` metrics and the tokens it read."""
         weight = sum(self.objective.weight(self.train_data[i]) for i in batch)
-        totals, tokens = self._losses(self.train_data, batch, lengths, weight)
+        totals, tokens = self._shared_losses(self.train_data, batch, lengths, weight)
         if self.config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm)
         self.optimizer.step()
@@ -411,7 +427,7 @@ class Trainer:
         self.model.eval()
         try:
             with torch.inference_mode():
-                (sample_totals, _), (rest_totals, _) = (self._losses(data, indices, lengths, 1)
+                (sample_totals, _), (rest_totals, _) = (self._shared_losses(data, indices, lengths, 1)
                                                         for indices in (sample, rest))
         finally:
             self.model.train()
@@ -475,9 +491,16 @@ class Trainer:
     def save_adapter(self, directory: Path) -> Path:
         """A servable adapter: peft's files (safetensors), the tokenizer with its chat template,
         and `tuneloop-adapter.json` saying what it was trained from and how well it did. For method
-        "full", a whole model instead (config, safetensors), with the same tokenizer and manifest."""
+        "full", a whole model instead (config, safetensors), with the same tokenizer and manifest.
+        Of several processes the first writes it; every one returns once it is written."""
         self._require_setup()
         directory = Path(directory)
+        if self.world.is_main:
+            self._write_adapter(directory)
+        self.world.barrier()
+        return directory
+
+    def _write_adapter(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         if self._full:
             self.model.save_pretrained(str(directory))  # transformers 5 writes safetensors only
@@ -501,17 +524,22 @@ class Trainer:
             "history": self.state.history,
         }
         (directory / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        return directory
 
     def save_checkpoint(self, directory: Path) -> Path:
         """The adapter plus everything `resume_from` needs, written to a temporary directory and
         renamed into place, so a crash never leaves a half-written checkpoint under the name."""
+        directory = Path(directory)
+        if self.world.is_main:
+            self._write_checkpoint(directory)
+        self.world.barrier()
+        return directory
+
+    def _write_checkpoint(self, directory: Path) -> None:
         from safetensors.torch import save_file
 
-        directory = Path(directory)
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.save_adapter(tmp)
+        self._write_adapter(tmp)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     **({"cuda_rng": torch.cuda.get_rng_state()} if self.device.type == "cuda" else {})},
@@ -523,7 +551,6 @@ class Trainer:
         (tmp / STATE_JSON).write_text(json.dumps({"config": self.config.to_dict(), "state": asdict(self.state)}, indent=2))
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
-        return directory
 
     def resume_from(self, directory: Path) -> None:
         """Continue from a checkpoint of the same run (same data and settings), after `setup()`."""

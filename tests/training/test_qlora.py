@@ -85,9 +85,15 @@ def test_a_qlora_run_resumed_from_its_epoch_checkpoint_ends_as_an_uninterrupted_
     want = load_file(expected.adapter_dir / "adapter_model.safetensors")
     got = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert want.keys() == got.keys()
+    start = load_file(tmp_path / "whole" / "checkpoints" / "epoch-1" / "adapter_model.safetensors")
     for name, tensor in want.items():
-        torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-4)
-
+        # Two uninterrupted runs agree bit for bit, but the resumed one's forward on its fresh 4-bit base
+        # differs from the uninterrupted one's in the last float32 bits (measured on an AVX512 CPU: the
+        # first resumed step's loss off by 4e-6), and AdamW carries that on: up to 1e-4 here, against
+        # 2-6e-2 that epoch 2 moved the weights. A resume that lost state (optimizer, scheduler, data
+        # order) would be off by about what the epoch moved.
+        moved = (tensor - start[name]).abs().max().item()
+        assert (got[name] - tensor).abs().max().item() < 0.02 * moved, name
 
 def test_qlora_refuses_a_base_not_loaded_in_4bit_and_lora_refuses_one_that_is(store, tmp_path):
     with pytest.raises(InvalidArgument, match="4 bits") as raised:
