@@ -62,10 +62,14 @@ class Sequence:
         stop: list[str],
         on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
         cancel: threading.Event | None = None,
+        prefix_length: int = 0,
     ):
         import torch
 
         self.input_ids = input_ids
+        # Leading tokens other requests are likely to repeat (a chat's system prompt and earlier
+        # turns): the engine keeps their keys and values (batching.py, prefix cache).
+        self.prefix_length = prefix_length
         self.adapter = adapter
         self._tokenizer = tokenizer
         self._eos_ids = eos_ids

@@ -68,13 +68,15 @@ class Generator:
     Thread-safe: the gRPC server calls `generate` from a thread per request.
     """
 
-    def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8, dtype: str = "auto"):
+    def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8, dtype: str = "auto",
+                 prefix_cache_size: int = 4):
         if max_batch_size < 1 or max_adapters < 1:
             raise ValueError("max_batch_size and max_adapters must be at least 1")
         # Checked now, resolved at the first load: resolving imports torch, which a bad setting
         # should not wait for.
         self._dtype_choice = check_serving_dtype(dtype)
         self._store = store
+        self._prefix_cache_size = prefix_cache_size
         self._max_batch_size = max_batch_size
         self._max_adapters = max_adapters
         self._models: dict[str, _LoadedModel] = {}
@@ -133,8 +135,10 @@ class Generator:
                 )
             if max_tokens == 0:
                 return [Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)] * n
+            prefix_length = _prefix_length(tokenizer, messages, input_ids) if messages is not None else 0
             sequences = [
                 batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
+                                  prefix_length=prefix_length,
                                   max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                   seed=None if seed is None else seed + index, stop=list(stop),
                                   on_text=None if on_text is None else functools.partial(on_text, index),
@@ -196,7 +200,7 @@ class Generator:
                           else _load_full(fine_tuned, self.dtype))
                 log.info("inference: loaded %s in %s", key, str(self.dtype).removeprefix("torch."))
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
-                                       self._max_batch_size)
+                                       self._max_batch_size, self._prefix_cache_size)
                 self._models[key] = loaded
             adapter, tokenizer = (self._adapter(loaded, fine_tuned) if lora and fine_tuned is not None
                                   else (BASE, loaded.tokenizer))
@@ -356,3 +360,20 @@ def _encode(
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     # The template already wrote the special tokens it wants; adding more would change the prompt.
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# Stands for the last message's content while the prompt's head is rendered: no chat contains it.
+_CONTENT_MARK = "\ue000tuneloop-last-message\ue000"
+
+
+def _prefix_length(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], input_ids: list[int]) -> int:
+    """How many of a chat prompt's tokens come before its last message's content (the system prompt,
+    the template's default one included, and earlier turns): what the next request is likely to
+    repeat. 0 when those tokens are not a prefix of the prompt's own (a merge across the boundary)."""
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    chat[-1]["content"] = _CONTENT_MARK
+    rendered = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    if _CONTENT_MARK not in rendered:
+        return 0
+    head = list(tokenizer(rendered.split(_CONTENT_MARK)[0], add_special_tokens=False)["input_ids"])
+    return len(head) if input_ids[:len(head)] == head else 0

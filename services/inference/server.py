@@ -336,7 +336,8 @@ def _usage(generations: list[Generation]) -> common_pb2.Usage:
 async def build(runtime: Runtime) -> ServiceParts:
     settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
     generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
-                          max_adapters=settings.max_adapters, dtype=settings.inference_dtype)
+                          max_adapters=settings.max_adapters, dtype=settings.inference_dtype,
+                          prefix_cache_size=settings.prefix_cache_prompts)
     channels = [open_channel(settings.training_addr, settings)]
     registry = training_pb2_grpc.TrainingStub(channels[0])
     dataprep = None

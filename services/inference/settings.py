@@ -22,6 +22,9 @@ class InferenceSettings(ServiceSettings):
     # the machine computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), about
     # twice float32's speed there, and float32 elsewhere; "float32" or "bfloat16" choose (precision.py).
     inference_dtype: ServingDtype = "auto"
+    # Prompt prefixes (a chat's system prompt and earlier turns) whose keys and values each model keeps,
+    # so requests repeating one read only the rest of their prompt; 0 turns the prefix cache off.
+    prefix_cache_prompts: int = Field(default=4, ge=0)
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.

@@ -209,3 +209,44 @@ def test_more_requests_than_the_batch_holds_wait_their_turn(tiny_settings: Setti
     generator.close()
     with pytest.raises(RuntimeError, match="closed"):
         generator.generate(MODEL, prompt="Hi", max_tokens=2)
+
+
+# The tiny model's template has no default system prompt: these chats bring one long enough to keep.
+SYSTEM = {"role": "system", "content": "You are the support assistant of Example Corp. Answer briefly, politely and "
+                                       "in English, and never promise a refund."}
+
+
+def _asked(generator: Generator, question: str, system: dict | None = SYSTEM):
+    chat = ([system] if system else []) + [{"role": "user", "content": question}]
+    return generator.generate(MODEL, messages=chat, max_tokens=6, temperature=0)
+
+
+def test_a_shared_system_prompt_is_read_once_and_no_answer_changes(tiny_settings: Settings) -> None:
+    """The prefix cache: the system prompt's keys and values are computed once and reused, alone and
+    in a batch beside a prompt without it; every answer is the one the whole prompt read at once gives."""
+    store = ModelStore(tiny_settings)
+    cached, uncached = Generator(store, dtype=EXACT), Generator(store, dtype=EXACT, prefix_cache_size=0)
+    questions = ["Hello there", "How do I reset my password?", "Thanks"]
+    whole = [_asked(uncached, q) for q in questions]
+    alone = [_asked(cached, q) for q in questions]
+    engine = cached.engine(MODEL)
+    assert (engine.stats.prefix_misses, engine.stats.prefix_hits) == (1, 2)
+    calls = [lambda q=q: _asked(cached, q) for q in questions] + [lambda: _asked(cached, "Hi", system=None)]
+    batched = held_back_then_released(cached, MODEL, calls)
+    for together, by_itself, read_whole in zip(batched, alone, whole, strict=False):
+        same(together, by_itself)
+        same(by_itself, read_whole)
+    same(batched[-1], _asked(uncached, "Hi", system=None))
+    assert (engine.stats.prefix_misses, engine.stats.prefix_hits) == (1, 5)
+    assert uncached.engine(MODEL).stats.prefix_hits == uncached.engine(MODEL).stats.prefix_misses == 0
+
+
+def test_the_prefix_cache_keeps_the_prefixes_used_most_recently(tiny_settings: Settings) -> None:
+    generator = Generator(ModelStore(tiny_settings), dtype=EXACT, prefix_cache_size=1)
+    other = {"role": "system", "content": SYSTEM["content"].replace("Example Corp", "Other Ltd")}
+    first = _asked(generator, "Hello")
+    for system in (SYSTEM, other, SYSTEM):
+        _asked(generator, "Hello", system)
+    stats = generator.engine(MODEL).stats
+    assert (stats.prefix_misses, stats.prefix_hits) == (3, 1)  # room for one: the other one pushed it out
+    same(_asked(generator, "Hello"), first)
