@@ -135,7 +135,9 @@ class Generator:
                 )
             if max_tokens == 0:
                 return [Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)] * n
-            prefix_length = _prefix_length(tokenizer, messages, input_ids) if messages is not None else 0
+            # A second render of the template per request: only worth it when there is a cache to use it.
+            cached = messages is not None and self._prefix_cache_size > 0
+            prefix_length = _prefix_length(tokenizer, messages, input_ids) if cached else 0
             sequences = [
                 batching.Sequence(input_ids, tokenizer=tokenizer, eos_ids=loaded.eos_ids, adapter=adapter,
                                   prefix_length=prefix_length,
