@@ -12,8 +12,8 @@ digit, "@", domain, cue word before a capital or known name: see `pii_recognizer
 reaches Presidio; for the others spaCy's tokenizer runs only if a recogniser found something and
 one of its context words occurs in the text (`_WordScreenedEnhancer`: context words are read only
 then); and the findings of recent short texts are remembered, so a system prompt repeated on every
-line is analysed once. None of this changes a result. What is left is mostly python-phonenumbers:
-a text with a long run of digits (a card or phone number) costs 2-5 ms, one matcher per region.
+line is analysed once; python-phonenumbers parses only near digits, and only what can be a number in
+the region (`phone_numbers`). None of this changes a result.
 
 One instance builds its engines once and is then read-only, so threads may share it.
 """

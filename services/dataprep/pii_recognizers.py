@@ -6,7 +6,8 @@
   snapshot bundled with tldextract: no network, no files written.
 * `ValidPhoneRecognizer` / `FormattedPhoneRecognizer`: python-phonenumbers only accepts numbers
   that could be dialled (fictional 555 numbers fail), so a regex adds numbers that are written
-  like phone numbers; weak shapes need a context word ("call", "tel", ...).
+  like phone numbers; weak shapes need a context word ("call", "tel", ...). The valid ones are
+  found window by window (`phone_numbers`), with the same matches as its matcher on the whole text.
 * `DATE_PATTERNS`: dates with month names ("March 5th, 2024", "the 3rd of April") and numeric
   dates, replacing Presidio's list, whose `d.m.yy` pattern also matches version numbers (4.2.17).
 * `CuePersonRecognizer` and `NameListRecognizer`: names after titles and cue words, and names
@@ -29,7 +30,6 @@ from pathlib import Path
 import phonenumbers
 import regex
 import tldextract
-from phonenumbers import phonenumberutil
 from presidio_analyzer import (
     AnalysisExplanation,
     EntityRecognizer,
@@ -50,6 +50,8 @@ from presidio_analyzer.predefined_recognizers import (
     UsItinRecognizer,
     UsSsnRecognizer,
 )
+
+from services.dataprep import phone_numbers
 
 NAMES_FILE = Path(__file__).parent / "data" / "person_names.txt"
 CASE_SENSITIVE = re.DOTALL | re.MULTILINE
@@ -155,51 +157,12 @@ PHONE_CONTEXT = [
 ]
 
 
-def _possible_lengths(metadata) -> list[int]:
-    descs = [metadata.general_desc, metadata.fixed_line, metadata.mobile, metadata.toll_free,
-             metadata.premium_rate, metadata.shared_cost, metadata.personal_number, metadata.voip,
-             metadata.pager, metadata.uan, metadata.voicemail]  # fmt: skip
-    return [n for desc in descs if desc is not None for n in desc.possible_length if n > 0]
-
-
-@lru_cache(maxsize=1)
-def _shortest_international_number() -> int:
-    """Digits in the shortest valid number written with its country code, over every region."""
-    shortest = 1000
-    for region in phonenumbers.SUPPORTED_REGIONS:
-        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-        lengths = _possible_lengths(metadata) if metadata is not None else []
-        if lengths:
-            shortest = min(shortest, len(str(metadata.country_code)) + min(lengths))
-    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
-        lengths = _possible_lengths(phonenumbers.PhoneMetadata.metadata_for_nongeo_region(code))
-        if lengths:
-            shortest = min(shortest, len(str(code)) + min(lengths))
-    return shortest
-
-
-# python-phonenumbers' candidates (its matcher's _PATTERN, read with its flags): digit blocks joined by
-# at most four punctuation characters, before an optional extension. Without the pattern's limits on
-# block counts, a run of this covers every candidate's number part, so holds every digit of a number
-# found in it (country code, national prefix and national number: letters never become digits in a
-# valid match, see PhoneNumberMatcher's check of "x" characters).
-_PHONE_RUN = re.compile(
-    r"\d(?:[" + phonenumberutil._VALID_PUNCTUATION + r"]{0,4}\d)*", re.UNICODE | re.IGNORECASE
-)
-
-
-@lru_cache(maxsize=16)
-def phone_digits(text: str) -> int:
-    """The most digits in one run of text python-phonenumbers could read as a number (memoised)."""
-    return max((sum(map(str.isdecimal, run)) for run in _PHONE_RUN.findall(text)), default=0)
-
-
 class ValidPhoneRecognizer(Screened, PhoneRecognizer):
     """Numbers python-phonenumbers finds valid for some region: strong enough on their own.
 
-    A region's matcher only runs on a text with a run of digits (see `phone_digits`) as long as the
-    shortest valid number it can find: the region's shortest national number, or the shortest one
-    written with a country code (6 digits: +43 / +49 and 4), whichever is shorter."""
+    Presidio's PhoneRecognizer.analyze, with each region's PhoneNumberMatcher replaced by
+    `phone_numbers.ValidNumberFinder`, which finds the same matches in windows of the text around
+    its digits, for the regions whose shortest number fits in a window's digits."""
 
     SCORE = 0.6
     # Numbers written with +country code match in any region; these decide how national numbers are
@@ -213,39 +176,38 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
             supported_regions=self.REGIONS,
             leniency=1,
         )
-        international = _shortest_international_number()
-        self.min_digits = {
-            region: min(
-                [international, *_possible_lengths(phonenumbers.PhoneMetadata.metadata_for_region(region))]
-            )
-            for region in self.supported_regions
-        }
-        self.fewest_digits = min(self.min_digits.values())
+        self.finder = phone_numbers.ValidNumberFinder(self.supported_regions, self.leniency)
 
     def could_match(self, text: str) -> bool:
         # Counting all digits first is cheaper, and enough for most texts.
-        return digit_count(text) >= self.fewest_digits and phone_digits(text) >= self.fewest_digits
+        return digit_count(text) >= self.finder.fewest_digits and self.finder.could_match(text)
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        digits = phone_digits(text) if digit_count(text) >= self.fewest_digits else 0
+        if not self.could_match(text):
+            return []
         results = []
-        # PhoneRecognizer.analyze, for the regions whose numbers fit in the text's digits.
         for region in self.supported_regions:
-            if digits < self.min_digits[region]:
-                continue
-            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=self.leniency):
-                try:
-                    found_in = phonenumbers.region_code_for_number(
-                        phonenumbers.parse(text[match.start : match.end])
+            for match in self.finder.matches(text, region):
+                results.append(
+                    self._get_recognizer_result(
+                        match, text, _found_in(match.raw_string, region), nlp_artifacts
                     )
-                except phonenumbers.NumberParseException:
-                    found_in = region
-                results.append(self._get_recognizer_result(match, text, found_in, nlp_artifacts))
+                )
         return [
             r
             for r in EntityRecognizer.remove_duplicates(results)
             if not is_numeric_date(text[r.start : r.end])
         ]
+
+
+@lru_cache(maxsize=256)
+def _found_in(number: str, region: str) -> str:
+    """The region a match's number belongs to, for the finding's explanation (as PhoneRecognizer):
+    its own when written with a country code, else the matcher's."""
+    try:
+        return phonenumbers.region_code_for_number(phonenumbers.parse(number))
+    except phonenumbers.NumberParseException:
+        return region
 
 
 class FormattedPhoneRecognizer(DigitScreened, PatternRecognizer):

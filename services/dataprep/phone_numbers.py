@@ -1,0 +1,189 @@
+"""Valid phone numbers in a text: exactly what python-phonenumbers' matcher finds, found faster.
+
+`ValidNumberFinder(regions, leniency).matches(text, region)` is `list(PhoneNumberMatcher(text,
+region, leniency=leniency))`, the same matches in the same order (tests/dataprep/test_phone_numbers.py
+compares them on hard cases, the PII corpus and generated support tickets). PhoneNumberMatcher
+scans the whole text for candidates and parses each one, and the groups inside a candidate that is
+not a valid number, for its region; with ten regions a text with one card number costs milliseconds,
+most of it on digits that cannot be a number in that region. Here the same matcher runs on small
+windows of the text instead, and only where a window's digits are enough for the region:
+
+* **Windows.** No candidate of the matcher's pattern (`phonenumbermatcher._PATTERN`: leading
+  brackets or "+", digit blocks joined by punctuation, an optional extension such as "ext. 12" or
+  ";ext=12") holds any of the letters in `CUT` (ASCII consonants other than x, t, n and s, which
+  extension labels use). So a text is cut into maximal runs without those letters; a run without a
+  digit holds no candidate, and each run with one is matched on its own, as a window of the run
+  plus the cut letter on each side. Everything the matcher reads outside a candidate lies in that
+  window: the character before it and after it (numbers glued to Latin letters are refused), the
+  three after it (a time stamp's ":mm") and where its next search starts. Cut letters are Latin
+  letters, not digits or ":", so a window answers every one of those checks as the whole text does,
+  and the searches of the whole text, which never cross a cut letter, are the windows' searches in
+  turn.
+* **Too few digits.** A window whose longest run of digits and punctuation (`phone_digits`) has
+  fewer digits than the region's shortest number (national, or written with a country code) has no
+  match for that region; the whole-text matcher would parse its candidates anyway, because some
+  other window has a long number.
+* **Memo.** Matches per window and region are remembered (`WINDOW_MEMO` recent windows): a
+  window's matches depend on its text alone.
+
+The matcher gives up after 65,535 failed parses in one text; a window's matcher counts its own. A
+text could only come near that if its windows were long: each failed candidate costs at most
+1 + 6 x (its length + 1) tries (the first parse, then the groups inside it for six separators) and
+candidates do not overlap, so a text whose windows add up to fewer than 65,535 / 13 characters
+never gives up, either way. Longer ones (rare: a digit-and-vowel stretch of 5,000 characters) run
+the whole-text matcher, as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cache, lru_cache
+
+import phonenumbers
+from phonenumbers import Leniency, PhoneNumberMatch, PhoneNumberMatcher, phonenumberutil
+
+# Letters no candidate of PhoneNumberMatcher's pattern can hold (the pattern is case-insensitive;
+# its letters are those of "x", "ext", "extension", "anexo", "int" and the full-width / Cyrillic
+# labels). test_phone_numbers checks this against the pattern itself.
+CUT = "bcdfghjklmpqruvwyz"
+_CUT_CLASS = CUT + CUT.upper()
+_CUT_LETTER = re.compile(f"[{_CUT_CLASS}]")
+_DIGIT = re.compile(r"\d")  # as the matcher's pattern reads "\d"
+MATCHER_MAX_TRIES = 65535  # PhoneNumberMatcher's default
+_TRIES_PER_CHARACTER = 13  # 1 + 6 x (length + 1) tries per failed candidate: at most 13 per character
+WINDOW_MEMO = 4096
+
+# The matcher's candidates without the pattern's limits on block counts: a run of this covers every
+# candidate's number part, so holds every digit of a number found in it (country code, national
+# prefix and national number: letters never become digits in a valid match, see PhoneNumberMatcher's
+# check of "x" characters).
+_PHONE_RUN = re.compile(
+    r"\d(?:[" + phonenumberutil._VALID_PUNCTUATION + r"]{0,4}\d)*", re.UNICODE | re.IGNORECASE
+)
+
+
+def _longest_run(text: str) -> int:
+    return max((sum(map(str.isdecimal, run)) for run in _PHONE_RUN.findall(text)), default=0)
+
+
+@lru_cache(maxsize=16)
+def phone_digits(text: str) -> int:
+    """The most digits in one run of text python-phonenumbers could read as a number (memoised)."""
+    return _longest_run(text)
+
+
+def _possible_lengths(metadata) -> list[int]:
+    descs = [metadata.general_desc, metadata.fixed_line, metadata.mobile, metadata.toll_free,
+             metadata.premium_rate, metadata.shared_cost, metadata.personal_number, metadata.voip,
+             metadata.pager, metadata.uan, metadata.voicemail]  # fmt: skip
+    return [n for desc in descs if desc is not None for n in desc.possible_length if n > 0]
+
+
+@lru_cache(maxsize=1)
+def shortest_international_number() -> int:
+    """Digits in the shortest valid number written with its country code, over every region."""
+    shortest = 1000
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        lengths = _possible_lengths(metadata) if metadata is not None else []
+        if lengths:
+            shortest = min(shortest, len(str(metadata.country_code)) + min(lengths))
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        lengths = _possible_lengths(phonenumbers.PhoneMetadata.metadata_for_nongeo_region(code))
+        if lengths:
+            shortest = min(shortest, len(str(code)) + min(lengths))
+    return shortest
+
+
+@cache
+def shortest_number(region: str) -> int:
+    """Digits in the shortest valid number a matcher for `region` can find: the shortest national
+    number of a region with its country code (a GB number may be valid in Jersey), or the shortest
+    one written with a country code, whichever is shorter."""
+    country_code = phonenumbers.country_code_for_region(region)
+    national = [
+        length
+        for sibling in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[country_code]
+        if (metadata := phonenumbers.PhoneMetadata.metadata_for_region(sibling)) is not None
+        for length in _possible_lengths(metadata)
+    ]
+    return min([shortest_international_number(), *national])
+
+
+@lru_cache(maxsize=16)
+def windows(text: str) -> tuple[tuple[int, str, int], ...]:
+    """(offset, window, its `phone_digits`) for each maximal run of `text` without a cut letter that
+    holds a digit: the run with the cut letter before and after it, where there is one (memoised:
+    each region asks)."""
+    found = []
+    reversed_text = None
+    end = 0  # where the last window's run ended
+    for digit in _DIGIT.finditer(text):
+        if digit.start() < end:
+            continue  # in the last window's run
+        if reversed_text is None:
+            reversed_text = text[::-1]
+        # The nearest cut letter before the digit, found forwards in the reversed text.
+        before = _CUT_LETTER.search(reversed_text, len(text) - digit.start())
+        start = len(text) - before.end() if before is not None else 0  # the cut letter itself, or 0
+        after = _CUT_LETTER.search(text, digit.end())
+        end = after.start() if after is not None else len(text)
+        window = text[start : end + 1]
+        found.append((start, window, _longest_run(window)))
+    return tuple(found)
+
+
+class _ScreenedMatcher(PhoneNumberMatcher):
+    """PhoneNumberMatcher, except that a candidate (or a group inside one) with fewer digits than the
+    shortest number valid in the region is refused without parsing it: the matcher would parse it
+    and find it invalid. Letters count as digits here, as parsing may read them so ("1-800-FLOWERS")."""
+
+    def __init__(self, text: str, region: str, leniency: int, min_digits: int):
+        super().__init__(text, region, leniency=leniency)
+        self._min_digits = min_digits
+
+    def _parse_and_verify(self, candidate, offset):
+        if sum(map(str.isalnum, candidate)) < self._min_digits:
+            return None
+        return super()._parse_and_verify(candidate, offset)
+
+
+@lru_cache(maxsize=WINDOW_MEMO)
+def _window_matches(window: str, region: str, leniency: int) -> tuple[PhoneNumberMatch, ...]:
+    return tuple(_ScreenedMatcher(window, region, leniency, shortest_number(region)))
+
+
+class ValidNumberFinder:
+    """PhoneNumberMatcher's matches for each of `regions`, window by window (see the module's doc)."""
+
+    def __init__(self, regions: Iterable[str], leniency: int):
+        if leniency < Leniency.VALID:
+            raise ValueError(f"leniency {leniency}: numbers need not be valid, so digit counts prove nothing")
+        self.regions = tuple(regions)
+        self.leniency = leniency
+        self.min_digits = {region: shortest_number(region) for region in self.regions}
+        self.fewest_digits = min(self.min_digits.values())
+
+    def could_match(self, text: str) -> bool:
+        """False only for a text in which no region's matcher finds anything."""
+        return phone_digits(text) >= self.fewest_digits
+
+    def matches(self, text: str, region: str) -> list[PhoneNumberMatch]:
+        """`list(PhoneNumberMatcher(text, region, leniency=self.leniency))`."""
+        if phone_digits(text) < self.min_digits[region]:
+            return []  # (the cheaper test when the text's digits are too few)
+        parts = windows(text)
+        if sum(len(window) for _, window, _ in parts) * _TRIES_PER_CHARACTER >= MATCHER_MAX_TRIES:
+            return list(PhoneNumberMatcher(text, region, leniency=self.leniency))
+        found = []
+        for offset, window, digits in parts:
+            if digits < self.min_digits[region]:
+                continue
+            for match in _window_matches(window, region, self.leniency):
+                found.append(
+                    match
+                    if offset == 0
+                    else PhoneNumberMatch(offset + match.start, match.raw_string, match.number)
+                )
+        return found

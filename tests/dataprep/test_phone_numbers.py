@@ -1,0 +1,150 @@
+"""ValidNumberFinder finds exactly what one PhoneNumberMatcher per region finds, on hard cases,
+random digit-and-punctuation soup and the PII corpus; and it does skip the work it claims to skip."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import phonenumbers
+import pytest
+from phonenumbers import PhoneNumberMatcher, phonenumbermatcher
+
+from services.dataprep import phone_numbers
+from services.dataprep.phone_numbers import CUT, ValidNumberFinder, windows
+from services.dataprep.pii_recognizers import ValidPhoneRecognizer
+from tests.dataprep.test_pii import CORPUS
+
+REGIONS = ValidPhoneRecognizer.REGIONS + ("JP", "CN", "RU", "IT", "AR", "MX", "NZ", "SG")
+
+HARD_CASES = [
+    "Call me at +1 425 882-8080 for details.",
+    "Call +1 650 253 0000, or +44 20 7946 0958 / +44 20 7946 0959 after six.",
+    "abc8005001234 and 8005001234def are glued to letters; 800 500 1234 is not.",
+    "b+1 650 253 0000k",
+    "650-253-0000 ext. 123, 650-253-0000 x123, 650-253-0000;ext=45, 650 253 0000 - 503#",
+    "(650) 223 3345 (754) 223 3321",
+    "12345 - 332-445-1234 is my number. 3324451234 8002341234",
+    "651-234-2345/332-445-1234 and 3/10/2011 or 31/10/96",
+    "Computing Complete Answers. Chen Li. VLDB J. 12(3): 211-227 (2003).",
+    "The backup ran 2012-01-02 08:00 and 2012-01-02 08 then 2012-01-02 08:0",
+    "Dial 011 44 20 7946 0958 from the US or 0044 20 7946 0958 from Europe, 0049 30 123456.",
+    "Full width ６５０ ２５３ ００００ and Arabic-Indic ٠٧٩٤٦٠٩٥٨ digits.",
+    "1-800-FLOWERS, 1-800-SIX-FLAG, 1 800 ext ext ext 5",
+    "Card 4111 1111 1111 1111, phone 07700 900123, NHS 943 476 5919, SSN 123-45-6789.",
+    "a e i o u 650 253 0000 a e i o 020 7946 0958 aaaa",
+    "+49 30 901820, +33 1 42 68 53 00, +972 3 123 4567, +91 98765 43210, +55 11 91234 5678",
+    "Ring 02 9374 4000 or 0412 345 678 (AU), 01 234 5678 (IE), 030 901820 (DE).",
+    "5 people, 12 days, order #48213, 2024, 1999 and 20.5%, $650 253 0000, €300 400 5000",
+    "+0 650 253 0000 and +999 650 253 0000 have no country code.",
+    "650\u00a0253\u00a00000 ~ 650\u2013253\u20130000 (wide dashes) [650] 253-0000",
+    "tel:+1-650-253-0000;ext=7, +1 (650) 253-0000 int 12, 650.253.0000 anexo 9",
+    "0",
+    "",
+    "+",
+    "no digits here at all",
+    "7946 0958 ",
+    " +44 20 7946 0958",
+]
+
+
+def _plain(text: str, region: str) -> list:
+    return list(PhoneNumberMatcher(text, region, leniency=1))
+
+
+@pytest.fixture(scope="module")
+def finder() -> ValidNumberFinder:
+    return ValidNumberFinder(REGIONS, leniency=1)
+
+
+def test_cut_letters_are_not_in_the_matchers_pattern():
+    """The windows rest on this: no candidate holds a cut letter, in either case."""
+    pattern = phonenumbermatcher._PATTERN
+    assert pattern.flags & re.IGNORECASE
+    letters = re.sub(r"\\.", "", pattern.pattern)  # escapes (\d, \t, \[) are not literal letters
+    for letter in CUT + CUT.upper():
+        assert letter not in letters.lower() and letter not in letters.upper(), letter
+    for letter in CUT + CUT.upper():  # and the matcher's pattern agrees: no match contains one
+        for text in (f"650{letter}253 0000", f"+1 650 253 0000 e{letter}t 12", f"12{letter}"):
+            assert all(letter not in m.group() for m in pattern.finditer(text)), (letter, text)
+
+
+def test_windows_cover_every_digit_and_end_at_cut_letters():
+    text = "Call +1 425 882-8080 (ext 12) or write to box 77, a e i o 5."
+    found = windows(text)
+    covered = {offset + i for offset, window, _ in found for i in range(len(window))}
+    assert all(i in covered for i, ch in enumerate(text) if ch.isdigit())
+    for offset, window, _ in found:
+        assert text[offset : offset + len(window)] == window
+        assert offset == 0 or window[0] in CUT + CUT.upper()
+    assert [w for _, w, _ in found] == ["l +1 425 882-8080 (ext 12) or", "box 77, a e i o 5."]
+
+
+@pytest.mark.parametrize("text", HARD_CASES)
+def test_same_matches_as_one_matcher_per_region_on_hard_cases(finder, text):
+    for region in REGIONS:
+        assert finder.matches(text, region) == _plain(text, region), region
+
+
+def test_same_matches_on_random_digit_and_punctuation_soup(finder):
+    rng = random.Random(3)
+    pieces = ["+", "(", ")", "-", " ", ".", "/", "x", "ext. ", ";ext=", "#", ":", ",", "a", "e", "o", "b", "r",
+              "\t", "00", "011", "0", "1", "+44 ", "555", "650", "7946", "2012-01-02 08", ":00", "２", "—",
+              "%", "$", "int", "ſ"]  # fmt: skip
+    matched = 0
+    for _ in range(600):
+        text = "".join(
+            rng.choice(pieces) if rng.random() < 0.6 else str(rng.randrange(10 ** rng.randrange(1, 12)))
+            for _ in range(rng.randrange(1, 25))
+        )
+        for region in REGIONS:
+            plain = _plain(text, region)
+            assert finder.matches(text, region) == plain, (region, text)
+            matched += bool(plain)
+    assert matched > 200  # the soup does hold numbers
+
+
+def test_same_matches_on_the_pii_corpus(finder):
+    texts = [
+        json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    for text in texts:
+        for region in REGIONS:
+            assert finder.matches(text, region) == _plain(text, region), (region, text)
+
+
+def test_a_long_window_runs_the_whole_text_matcher(finder, monkeypatch):
+    """Past 65,535 / 13 characters of windows the matcher's try limit could be reached: no windows."""
+    text = "+1 650 253 000 " * 400 + "+1 650 253 0000"
+    cut = []
+    monkeypatch.setattr(phone_numbers, "_window_matches", lambda *args: cut.append(args) or ())
+    assert finder.matches(text, "US") == _plain(text, "US") != []
+    assert cut == []
+
+
+def test_windows_and_regions_with_too_few_digits_are_not_parsed(finder, monkeypatch):
+    """A card number lets every region's matcher run on the text; the small numbers beside it, and
+    the four-digit groups inside it, are not parsed where they cannot be valid."""
+    text = "I paid with 4111 1111 1111 1111 on the 5th, 12 days ago, for 3 seats in row 18."
+    parsed = []
+    parse = phonenumbermatcher.parse
+
+    def counted(number, region, **kwargs):
+        parsed.append((number, region))
+        return parse(number, region, **kwargs)
+
+    monkeypatch.setattr(phonenumbermatcher, "parse", counted)
+    plain = [_plain(text, region) for region in ValidPhoneRecognizer.REGIONS]
+    plain_parses, parsed[:] = len(parsed), []
+    phone_numbers._window_matches.cache_clear()
+    assert [finder.matches(text, region) for region in ValidPhoneRecognizer.REGIONS] == plain
+    assert not {number for number, _ in parsed} & {"5", "12", "3", "18"}
+    # Four-digit groups of the card only where numbers can be that short (DE: 4 digits).
+    assert {region for number, region in parsed if len(number) == 4} == {"DE"}
+    assert len(parsed) < plain_parses / 2, (len(parsed), plain_parses)
+
+
+def test_leniency_below_valid_is_refused():
+    with pytest.raises(ValueError, match="leniency"):
+        ValidNumberFinder(["US"], leniency=phonenumbers.Leniency.POSSIBLE)
