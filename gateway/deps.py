@@ -11,11 +11,12 @@ from gateway.clients import ServiceClients
 from gateway.health import HealthMonitor
 
 
-def _clients(request: Request) -> ServiceClients:
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request.
+async def _clients(request: Request) -> ServiceClients:
     return request.app.state.clients
 
 
-def _monitor(request: Request) -> HealthMonitor:
+async def _monitor(request: Request) -> HealthMonitor:
     return request.app.state.monitor
 
 
