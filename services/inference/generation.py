@@ -125,14 +125,8 @@ class Generator:
         check_request(messages, prompt, max_tokens, temperature, top_p, seed, stop)
         check_choices(n)
         with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
-            input_ids = _encode(tokenizer, model_id, messages, prompt)
-            field_name = "messages" if messages is not None else "prompt"
-            if len(input_ids) + max_tokens > loaded.context_length:
-                raise InvalidArgument(
-                    f"{field_name} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
-                    f"context length of {model_id} ({loaded.context_length} tokens)",
-                    param="max_tokens",
-                )
+            input_ids = encode_prompt(tokenizer, model_id, messages, prompt)
+            check_context_length(model_id, messages, input_ids, max_tokens, loaded.context_length)
             if max_tokens == 0:
                 return [Generation("", "length", prompt_tokens=len(input_ids), completion_tokens=0)] * n
             # A second render of the template per request: only worth it when there is a cache to use it.
@@ -156,22 +150,9 @@ class Generator:
         end of turn included: what the model thinks of a reference answer (its loss and perplexity)."""
         import torch
 
-        check_request(messages, None, 0, 0, 1, None, ())
-        if not isinstance(answer, str) or not answer:
-            raise InvalidArgument("answer must be a non-empty string", param="answer")
+        check_score_request(messages, answer)
         with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
-            prompt_ids = _encode(tokenizer, model_id, messages, None)
-            chat = [{"role": m["role"], "content": m["content"]} for m in messages]
-            prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-            whole = tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": answer}], tokenize=False)
-            if not whole.startswith(prompt) or whole == prompt:
-                raise InvalidArgument(f"{model_id}'s chat template does not render the answer after the prompt",
-                                      param="answer")
-            # The answer's tokens as generation would produce them: after the prompt's own tokens.
-            full_ids = prompt_ids + list(tokenizer(whole[len(prompt):], add_special_tokens=False)["input_ids"])
-            if len(full_ids) > loaded.context_length:
-                raise InvalidArgument(f"messages and answer ({len(full_ids)} tokens) exceed the context length of "
-                                      f"{model_id} ({loaded.context_length} tokens)", param="answer")
+            prompt_ids, full_ids = score_token_ids(tokenizer, model_id, messages, answer, loaded.context_length)
             assert loaded.engine is not None
             with loaded.engine.lock, torch.inference_mode():  # the model as it is between changes of its adapters
                 model = loaded.peft or loaded.model
@@ -348,12 +329,51 @@ def _loaded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> _Load
     return _LoadedModel(model, tokenizer, frozenset(eos_ids), int(context))
 
 
-def _encode(
+def check_context_length(model_id: str, messages: list[dict[str, Any]] | None, input_ids: list[int], max_tokens: int,
+                         context_length: int) -> None:
+    """Refuse a prompt that leaves no room for `max_tokens` in the model's context."""
+    if len(input_ids) + max_tokens > context_length:
+        field_name = "messages" if messages is not None else "prompt"
+        raise InvalidArgument(
+            f"{field_name} ({len(input_ids)} tokens) plus max_tokens ({max_tokens}) exceeds the "
+            f"context length of {model_id} ({context_length} tokens)",
+            param="max_tokens",
+        )
+
+
+def check_score_request(messages: list[dict[str, Any]], answer: str) -> None:
+    """Validate a `score` request before any model is asked."""
+    check_request(messages, None, 0, 0, 1, None, ())
+    if not isinstance(answer, str) or not answer:
+        raise InvalidArgument("answer must be a non-empty string", param="answer")
+
+
+def score_token_ids(tokenizer: PreTrainedTokenizerBase, model_id: str, messages: list[dict[str, Any]], answer: str,
+                    context_length: int) -> tuple[list[int], list[int]]:
+    """(the prompt's tokens, the prompt's and then the answer's) for scoring `answer` as the reply to
+    `messages`, the answer's end of turn included; the answer's tokens as generation would produce
+    them, after the prompt's own."""
+    prompt_ids = encode_prompt(tokenizer, model_id, messages, None)
+    chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+    prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    whole = tokenizer.apply_chat_template([*chat, {"role": "assistant", "content": answer}], tokenize=False)
+    if not whole.startswith(prompt) or whole == prompt:
+        raise InvalidArgument(f"{model_id}'s chat template does not render the answer after the prompt",
+                              param="answer")
+    full_ids = prompt_ids + list(tokenizer(whole[len(prompt):], add_special_tokens=False)["input_ids"])
+    if len(full_ids) > context_length:
+        raise InvalidArgument(f"messages and answer ({len(full_ids)} tokens) exceed the context length of "
+                              f"{model_id} ({context_length} tokens)", param="answer")
+    return prompt_ids, full_ids
+
+
+def encode_prompt(
     tokenizer: PreTrainedTokenizerBase,
     model_id: str,
     messages: list[dict[str, Any]] | None,
     prompt: str | None,
 ) -> list[int]:
+    """The token ids of a raw `prompt`, or of `messages` rendered with the tokenizer's chat template."""
     if messages is None:
         return list(tokenizer(prompt)["input_ids"])
     if not tokenizer.chat_template:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,16 +13,9 @@ from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import Generator
 from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.shared.models import ModelStore
-from services.training.trainer import TrainConfig, Trainer
+from tests.fixtures.adapters import QUESTION, train_adapter
 from tests.fixtures.engine import held_back_then_released, same
 from tests.fixtures.tiny_model import TINY_MODEL_ID
-
-QUESTION = [{"role": "user", "content": "What colour is the sky?"}]
-
-
-def _answers(answer: str, n: int = 24) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"What colour is thing {i}?"},
-                          {"role": "assistant", "content": answer}]} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +23,14 @@ def store(learning_store):
     return learning_store
 
 
-def _train(store: ModelStore, directory: Path, answer: str, method: str = "supervised") -> FineTuned:
-    config = TrainConfig(n_epochs=4, batch_size=4, learning_rate=2e-2 if method != "full" else 3e-3, seed=3,
-                         bf16=False, method=method)
-    trainer = Trainer(config, lambda dtype: store.load(TINY_MODEL_ID, dtype=dtype), _answers(answer), _answers(answer, 4),
-                      output_dir=directory, base_model_id=TINY_MODEL_ID)
-    trainer.setup()
-    result = trainer.train()
-    model_id = f"ft:{TINY_MODEL_ID}:acme:{answer}:ftjob-{answer}"
-    return read_fine_tuned(model_id, TINY_MODEL_ID, str(result.adapter_dir))
-
-
 @pytest.fixture(scope="module")
 def blue(store, tmp_path_factory) -> FineTuned:
-    return _train(store, tmp_path_factory.mktemp("blue"), "blue")
+    return train_adapter(store, tmp_path_factory.mktemp("blue"), "blue")
 
 
 @pytest.fixture(scope="module")
 def green(store, tmp_path_factory) -> FineTuned:
-    return _train(store, tmp_path_factory.mktemp("green"), "green")
+    return train_adapter(store, tmp_path_factory.mktemp("green"), "green")
 
 
 # float32, not the machine's "auto" (bf16 where the CPU has it): these tests compare batched answers
@@ -82,7 +63,7 @@ def test_adapters_share_one_base_and_base_requests_stay_the_base_models(store, b
 
 
 def test_a_full_fine_tune_is_served_as_a_model_of_its_own(store, tmp_path):
-    full = _train(store, tmp_path / "full", "red", method="full")
+    full = train_adapter(store, tmp_path / "full", "red", method="full")
     assert full.kind == "full"
     assert _says(_greedy(_generator(store), full.model_id, full), "red")
     in_bf16 = Generator(store, dtype="bfloat16")  # saved in float32, cast as it loads
