@@ -32,6 +32,7 @@ from services.inference.generation import Generation, Generator, check_choices, 
 from services.inference.remote import OpenAIBackend, TgiBackend
 from services.inference.settings import InferenceSettings
 from services.inference.streaming import Piece, Pieces
+from services.inference.vllm_backend import VllmGenerator
 from services.shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.shared.models import ModelStore
 from services.shared.process import Runtime, ServiceDefinition, ServiceParts
@@ -335,9 +336,12 @@ def _usage(generations: list[Generation]) -> common_pb2.Usage:
 
 async def build(runtime: Runtime) -> ServiceParts:
     settings: InferenceSettings = runtime.settings  # type: ignore[assignment]
-    generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
-                          max_adapters=settings.max_adapters, dtype=settings.inference_dtype,
-                          prefix_cache_size=settings.prefix_cache_prompts)
+    if settings.inference_backend == "vllm":  # starting vLLM's engine takes minutes: not on the event loop
+        generator = await asyncio.to_thread(VllmGenerator.from_settings, settings)
+    else:
+        generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
+                              max_adapters=settings.max_adapters, dtype=settings.inference_dtype,
+                              prefix_cache_size=settings.prefix_cache_prompts)
     channels = [open_channel(settings.training_addr, settings)]
     registry = training_pb2_grpc.TrainingStub(channels[0])
     dataprep = None

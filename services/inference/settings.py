@@ -1,10 +1,14 @@
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.inference.precision import ServingDtype
 from services.inference.remote import RemoteModel
 from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
+
+# The LoRA ranks vLLM can be started for (its LoRAConfig.max_lora_rank, MaxLoRARanks in
+# vllm/config/lora.py of vLLM 0.33): it sizes its adapter slots by one of these.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class InferenceSettings(ServiceSettings):
@@ -27,6 +31,20 @@ class InferenceSettings(ServiceSettings):
     prefix_cache_prompts: int = Field(default=4, ge=0)
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
+    # Which backend serves the models held here (TUNELOOP_INFERENCE_BACKEND): "transformers" (this
+    # process's own engine, on the CPU), or "vllm": vLLM's engine on a CUDA GPU serving the default
+    # base model and its LoRA adapters (vllm_backend.py; needs the gpu extra).
+    inference_backend: Literal["transformers", "vllm"] = "transformers"
+    # The vllm backend: adapters decoded in one batch (vLLM's max_loras, its GPU slots; requests to
+    # more adapters wait for a slot), at most max_adapters.
+    vllm_max_loras: int = Field(default=4, ge=1)
+    # The highest LoRA rank it serves (vLLM's max_lora_rank; one of VLLM_LORA_RANKS): its slots are
+    # sized for it, and adapters of a higher rank are refused with the reason.
+    vllm_max_lora_rank: int = 16
+    # The share of the GPU's memory vLLM takes: the weights, then as many KV cache blocks as fit.
+    vllm_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # The context length vLLM plans its KV cache for; 0: the model's own.
+    vllm_max_model_len: int = Field(default=0, ge=0)
     # What this machine costs an hour: each completion's estimated cost is its latency's share of it.
     price_per_hour_usd: float = Field(default=0.0, ge=0)
     # What the completion log keeps of prompts and answers: "full"; "redacted", with personal data
@@ -49,3 +67,18 @@ class InferenceSettings(ServiceSettings):
     auto_canary_s: int = Field(default=600, ge=0)
     # How often the service looks for canaries whose time is up.
     canary_check_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("vllm_max_lora_rank")
+    @classmethod
+    def _a_rank_vllm_serves(cls, rank: int) -> int:
+        if rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"vllm_max_lora_rank (TUNELOOP_VLLM_MAX_LORA_RANK) must be one of "
+                             f"{', '.join(map(str, VLLM_LORA_RANKS))}; got {rank!r}")
+        return rank
+
+    @model_validator(mode="after")
+    def _vllm_slots_fit_the_adapters(self) -> "InferenceSettings":
+        if self.inference_backend == "vllm" and self.vllm_max_loras > self.max_adapters:
+            raise ValueError(f"vllm_max_loras ({self.vllm_max_loras}) cannot exceed max_adapters "
+                             f"({self.max_adapters}): vLLM keeps every adapter of a batch loaded")
+        return self
