@@ -17,6 +17,15 @@ peft's mixed-adapter batches (`adapter_names`, "__base__" for the base model) ap
 A request for n choices (OpenAI's `n`) is n rows submitted together: one prefill reads their prompt
 once and each row gets a copy of its cache, then they decode side by side, each with its own sampler.
 
+One thread does all of a model's computing: its forward passes, and `run` hands it anything else
+that computes with the model (scoring an answer, loading an adapter) to do between two turns. On
+a CPU this is about speed, not safety: torch's OpenMP (libgomp) keeps a team of worker threads for
+every thread that has started parallel work, and once the teams hold more threads than there are
+cores, its workers stop spinning between parallel regions and sleep, so each of a decoding step's
+hundreds of small parallel regions waits to wake one. Measured on 2 cores with SmolLM2 in bf16: one
+request decoded at 18 tokens/s instead of 27, the process using 1.2 cores instead of 2. For the
+same reason a model is loaded on a thread of its own that ends afterwards (`on_own_thread`).
+
 Prefix cache: a chat's prompt starts with what other requests repeat (the system prompt, SmolLM2's
 default one included, and the turns before the last message; `Sequence.prefix_length`). The keys
 and values of such a prefix are computed once, in a pass of their own, and kept (the few used most
@@ -28,13 +37,14 @@ else is running; on SmolLM2's default system prompt it skips 24 of a short quest
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.inference.decoding import Sequence
 
@@ -42,6 +52,7 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 # Shorter prefixes are read with the rest of their prompt: keeping them would save less than a pass costs.
@@ -65,12 +76,11 @@ class Engine:
     """The batch of one loaded model, decoded by its own thread.
 
     `model()` returns what to call for a forward pass: the model itself, or its peft wrapper once an
-    adapter is loaded (read each turn, under `lock`, which whoever changes the model's adapters holds).
+    adapter is loaded (read each pass; whoever changes the model's adapters does it through `run`).
     """
 
     def __init__(self, name: str, model: Callable[[], Any], device: Any, max_batch_size: int,
                  prefix_cache_size: int = 4):
-        self.lock = threading.Lock()  # held for each forward pass; changing the model's adapters takes it
         self.stats = EngineStats()
         self._model = model
         self._device = device
@@ -79,6 +89,7 @@ class Engine:
         # (adapter, prefix token ids) -> per layer (keys, values) of that prefix alone, most recent last.
         self._prefixes: OrderedDict[tuple[str, tuple[int, ...]], list[tuple[Any, Any]]] = OrderedDict()
         self._waiting: deque[Sequence] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
         self._wake = threading.Condition()
         self._closed = False
         self._paused = 0
@@ -98,11 +109,28 @@ class Engine:
             self.stats.submitted += len(sequences)
             self._wake.notify()
 
+    def run(self, work: Callable[[], T]) -> T:
+        """`work()` done by the engine's thread between two turns (so between two forward passes),
+        for the caller's thread, which waits for its result or exception."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._calls.append((work, done))
+            self._wake.notify()
+        return done.result()
+
     @property
     def waiting(self) -> int:
         """Requests submitted and not yet in the batch."""
         with self._wake:
             return len(self._waiting)
+
+    @property
+    def queued_calls(self) -> int:
+        """Work handed to `run` and not started yet."""
+        with self._wake:
+            return len(self._calls)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -125,14 +153,22 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and (self._paused or (not self._waiting and not self._rows)):
+                while not self._closed and (self._paused or not (self._waiting or self._rows or self._calls)):
                     self._wake.wait()
                 if self._closed:
+                    closing = RuntimeError("the inference service is shutting down")
                     for sequence in (*self._waiting, *self._rows):
-                        sequence.fail(RuntimeError("the inference service is shutting down"))
+                        sequence.fail(closing)
+                    for _, done in self._calls:
+                        done.set_exception(closing)
                     return
+                calls = list(self._calls)
+                self._calls.clear()
                 room = self._max_batch_size - len(self._rows)
-                arriving = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                arriving = [] if calls else [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+            if calls:  # before the turn: the batch goes on with whatever they changed
+                _do(calls)
+                continue
             try:
                 self._turn(arriving)
             except Exception as error:  # noqa: BLE001 - a failed pass fails its requests, not the engine
@@ -230,19 +266,18 @@ class Engine:
 
     def _forward(self, rows: list[Sequence], ids, mask, positions, cache) -> torch.Tensor:
         """The last position's logits of each row, in float32."""
-        with self.lock:  # the model as it is between two changes of its adapters
-            model = self._model()
-            adapters = {s.adapter for s in rows}
-            extra = {}
-            if hasattr(model, "peft_config"):  # a peft wrapper: every row names its adapter
-                extra["adapter_names"] = [s.adapter for s in rows]
-            elif adapters != {BASE}:
-                raise RuntimeError(f"adapters {sorted(adapters - {BASE})} asked of a model that has none loaded")
-            # logits_to_keep=1: only the last position's logits are used, and a prefill's other
-            # positions through the vocabulary-sized head were ~20% of its work on SmolLM2.
-            output = model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
-                           position_ids=positions.to(self._device), past_key_values=cache, use_cache=True,
-                           logits_to_keep=1, **extra)
+        model = self._model()
+        adapters = {s.adapter for s in rows}
+        extra = {}
+        if hasattr(model, "peft_config"):  # a peft wrapper: every row names its adapter
+            extra["adapter_names"] = [s.adapter for s in rows]
+        elif adapters != {BASE}:
+            raise RuntimeError(f"adapters {sorted(adapters - {BASE})} asked of a model that has none loaded")
+        # logits_to_keep=1: only the last position's logits are used, and a prefill's other
+        # positions through the vocabulary-sized head were ~20% of its work on SmolLM2.
+        output = model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
+                       position_ids=positions.to(self._device), past_key_values=cache, use_cache=True,
+                       logits_to_keep=1, **extra)
         self.stats.steps += 1
         self.stats.rows += len(rows)
         self.stats.max_rows = max(self.stats.max_rows, len(rows))
@@ -298,6 +333,24 @@ class Engine:
         for layer in self._cache.layers:
             layer.keys = layer.keys[selected.to(layer.keys.device), :, drop:]
             layer.values = layer.values[selected.to(layer.values.device), :, drop:]
+
+
+def _do(calls: list[tuple[Callable[[], Any], concurrent.futures.Future]]) -> None:
+    for work, done in calls:
+        try:
+            done.set_result(work())
+        except BaseException as error:  # noqa: BLE001 - the caller gets it, the engine goes on
+            done.set_exception(error)
+
+
+def on_own_thread(work: Callable[[], T]) -> T:
+    """`work()` on a new thread, which ends when it is done (taking its OpenMP team with it: see
+    the module's docstring); the caller waits for its result or exception."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    thread = threading.Thread(target=_do, args=([(work, done)],), name="model-loader", daemon=True)
+    thread.start()
+    thread.join()
+    return done.result()
 
 
 def _left_padded(prefixes: list[list[tuple[Any, Any]] | None], length: int) -> list[tuple[Any, Any]]:

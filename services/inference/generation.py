@@ -154,15 +154,19 @@ class Generator:
         with self._using(model_id, fine_tuned) as (loaded, adapter, tokenizer):
             prompt_ids, full_ids = score_token_ids(tokenizer, model_id, messages, answer, loaded.context_length)
             assert loaded.engine is not None
-            with loaded.engine.lock, torch.inference_mode():  # the model as it is between changes of its adapters
-                model = loaded.peft or loaded.model
-                extra = {"adapter_names": [adapter]} if loaded.peft is not None else {}
-                logits = model(input_ids=torch.tensor([full_ids], device=loaded.model.device), **extra).logits[0]
-            targets = torch.tensor(full_ids[len(prompt_ids):])
-            # Upcast before the log-softmax: on a bf16 model, a sum over 49k exponentials and the
-            # log of it in bf16 would be off by more than the differences a perplexity compares.
-            logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
-            return float(logprobs.gather(1, targets[:, None]).sum()), len(targets)
+
+            def answer_logprob() -> float:  # on the engine's thread, between two of its turns
+                with torch.inference_mode():
+                    model = loaded.peft or loaded.model
+                    extra = {"adapter_names": [adapter]} if loaded.peft is not None else {}
+                    logits = model(input_ids=torch.tensor([full_ids], device=loaded.model.device), **extra).logits[0]
+                    targets = torch.tensor(full_ids[len(prompt_ids):])
+                    # Upcast before the log-softmax: on a bf16 model, a sum over 49k exponentials and the
+                    # log of it in bf16 would be off by more than the differences a perplexity compares.
+                    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
+                    return float(logprobs.gather(1, targets[:, None]).sum())
+
+            return loaded.engine.run(answer_logprob), len(full_ids) - len(prompt_ids)
 
     @contextlib.contextmanager
     def _using(self, model_id: str, fine_tuned: FineTuned | None) -> Iterator[tuple[_LoadedModel, str, Any]]:
@@ -179,8 +183,10 @@ class Generator:
         with self._lock_for(key):  # loading, and the adapters' bookkeeping
             loaded = self._models.get(key)
             if loaded is None:
-                loaded = (_loaded(*self._store.load(key, self.dtype)) if fine_tuned is None or lora
-                          else _load_full(fine_tuned, self.dtype))
+                # On a thread that ends: see batching.py on OpenMP's teams.
+                loaded = batching.on_own_thread(
+                    lambda: _loaded(*self._store.load(key, self.dtype)) if fine_tuned is None or lora
+                    else _load_full(fine_tuned, self.dtype))
                 log.info("inference: loaded %s in %s", key, str(self.dtype).removeprefix("torch."))
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
                                        self._max_batch_size, self._prefix_cache_size)
@@ -237,7 +243,8 @@ class Generator:
         # autocast_adapter_dtype (peft's default, stated because it matters): on a bf16 base the
         # adapter's weights stay float32 and its product is computed in float32, then added to the
         # base layer's bf16 output; a small learned delta is not rounded away inside the adapter.
-        with loaded.engine.lock:  # between two forward passes: no row sees the model half changed
+
+        def change_adapters() -> None:  # on the engine's thread: no row sees the model half changed
             if loaded.peft is None:
                 loaded.peft = PeftModel.from_pretrained(loaded.model, str(fine_tuned.path), adapter_name=name,
                                                         is_trainable=False, autocast_adapter_dtype=True)
@@ -250,6 +257,8 @@ class Generator:
                 old, _ = loaded.adapters.pop(model_id)
                 loaded.peft.delete_adapter(old)
                 loaded.in_use.pop(old, None)
+
+        loaded.engine.run(change_adapters)
         loaded.adapters[fine_tuned.model_id] = (name, tokenizer)
         return name, tokenizer
 
