@@ -34,8 +34,14 @@ class HealthReport:
         return bool(self.parts) and all(status == SERVING for status in self.parts.values())
 
 
+async def _log_nats_error(error: Exception) -> None:
+    log.debug("NATS (health connection): %s", error)
+
+
 class HealthMonitor:
     """Checks every part; keeps one NATS connection open so a NATS outage shows up at once."""
+
+    NATS_CONNECT_TIMEOUT_S = 3.0
 
     def __init__(self, settings: Settings):
         self._settings = settings
@@ -44,10 +50,12 @@ class HealthMonitor:
     async def _nats_status(self) -> str:
         try:
             if self._nats is None or self._nats.is_closed:
-                self._nats = await nats.connect(
+                # Bounded: with reconnects allowed, nats-py keeps trying a server that is down on the
+                # first connect, and /healthz waited for it instead of saying NATS is unreachable.
+                self._nats = await asyncio.wait_for(nats.connect(
                     self._settings.nats_url, name="tuneloop-gateway-health", connect_timeout=2,
-                    max_reconnect_attempts=-1, allow_reconnect=True,
-                )
+                    max_reconnect_attempts=-1, allow_reconnect=True, error_cb=_log_nats_error,
+                ), timeout=self.NATS_CONNECT_TIMEOUT_S)
             if not self._nats.is_connected:
                 return "UNREACHABLE"
             info = await self._nats.jetstream().account_info()
