@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, runtime: Runtime, generator: Generator, registry: training_pb2_grpc.TrainingStub,
+    def __init__(self, runtime: Runtime, generator: Generator | VllmGenerator, registry: training_pb2_grpc.TrainingStub,
                  dataprep: dataprep_pb2_grpc.DataPrepStub | None = None):
         self._db = runtime.db
         self._models = ModelStore(runtime.settings)
@@ -156,7 +156,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return deployment, await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     @property
-    def generator(self) -> Generator:
+    def generator(self) -> Generator | VllmGenerator:
         return self._generator
 
     def close(self) -> None:
