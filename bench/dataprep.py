@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 # Running `python bench/dataprep.py` puts bench/ (not the repository root) on sys.path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -327,13 +329,12 @@ def _chunks(path: Path, limit_lines: int | None = None) -> Iterator[bytes]:
 
 
 def _children_cpu() -> dict[int, float]:
-    """CPU seconds of each live child process (the pipeline's workers), from /proc/PID/stat."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of each live child process: the pipeline's workers."""
     seconds = {}
     for child in multiprocessing.active_children():
-        with contextlib.suppress(OSError, IndexError):
-            fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            seconds[child.pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(child.pid).cpu_times()
+            seconds[child.pid] = times.user + times.system
     return seconds
 
 

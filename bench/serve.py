@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 
 from protos import inference_pb2, inference_pb2_grpc  # noqa: E402
 from services.inference.precision import SERVING_DTYPES, serving_dtype  # noqa: E402
@@ -227,9 +228,9 @@ def _p95(values: list[float]) -> float:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time a process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 class CpuShares:

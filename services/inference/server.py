@@ -31,7 +31,7 @@ from services.inference.fine_tuned import FineTuned, read_fine_tuned
 from services.inference.generation import Generation, Generator, check_choices, check_request
 from services.inference.remote import OpenAIBackend, TgiBackend
 from services.inference.settings import InferenceSettings
-from services.inference.streaming import Piece, Pieces
+from services.inference.streaming import Mailbox, Piece, Pieces
 from services.inference.vllm_backend import VllmGenerator
 from services.shared.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from services.shared.models import ModelStore
@@ -64,6 +64,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # (cores + 4 threads) would keep requests past that out of the batch.
         self._threads = ThreadPoolExecutor(max_workers=settings.max_queued_requests, thread_name_prefix="generate")
         self._pending_logs: set[asyncio.Task] = set()  # log writes of streams whose client left
+        self._mailbox = Mailbox(asyncio.get_running_loop())  # made in build(): the loop that serves the streams
 
     def remotes(self) -> list[OpenAIBackend | TgiBackend]:
         return list(self._remotes.values())
@@ -269,7 +270,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         started = time.perf_counter()
         completion_id, created = new_completion_id(), int(time.time())
         tenant, logged = tenant_of(context), False
-        pieces, cancel = Pieces(asyncio.get_running_loop()), threading.Event()
+        pieces, cancel = Pieces(self._mailbox), threading.Event()
 
         def chunk(piece: Piece, **last) -> inference_pb2.GenerateChunk:
             index, text, tokens = piece

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 
@@ -25,8 +24,9 @@ from services.inference.decoding import GeneratedToken
 Piece = tuple[int, str, list[GeneratedToken]]
 
 
-class _Mailbox:
-    """Pieces posted from other threads for the queues of one event loop, delivered in batches."""
+class Mailbox:
+    """Pieces posted from other threads for the streams of one event loop, delivered in batches:
+    one per event loop (the servicer's), shared by all its streams' `Pieces`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self._loop = loop
@@ -50,21 +50,11 @@ class _Mailbox:
             queue.put_nowait(piece)
 
 
-_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
-_mailboxes_guard = threading.Lock()
-
-
-def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
-    with _mailboxes_guard:
-        mailbox = _mailboxes.get(loop)
-        if mailbox is None:
-            mailbox = _mailboxes[loop] = _Mailbox(loop)
-        return mailbox
-
-
 class Pieces:
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._mailbox = _mailbox(loop)
+    """One stream's pieces, posted through its event loop's `mailbox`."""
+
+    def __init__(self, mailbox: Mailbox):
+        self._mailbox = mailbox
         self._queue: asyncio.Queue[Piece] = asyncio.Queue()
 
     def put(self, index: int, text: str, tokens: list[GeneratedToken]) -> None:

@@ -30,11 +30,11 @@ import itertools
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from services.inference.decoding import GeneratedToken, Generation
+from services.inference.decoding import Generation
 from services.inference.fine_tuned import FineTuned, check_chat_template
 from services.inference.generation import (
     check_choices,
@@ -139,12 +139,6 @@ class VllmGenerator:
                    max_lora_rank=settings.vllm_max_lora_rank,
                    gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
                    max_model_len=settings.vllm_max_model_len)
-
-    def generate(self, model_id: str, *, on_text: Callable[[str, list[GeneratedToken]], None] | None = None,
-                 **request: Any) -> Generation:
-        """One completion: `generate_choices` with n = 1, whose `on_text` has no choice index."""
-        streamed = None if on_text is None else (lambda _index, text, tokens: on_text(text, tokens))
-        return self.generate_choices(model_id, n=1, on_text=streamed, **request)[0]
 
     def generate_choices(self, model_id: str, *, n: int = 1, messages: list[dict[str, Any]] | None = None,
                          prompt: str | None = None, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from services.inference.streaming import Pieces
+from services.inference.streaming import Mailbox, Pieces
 
 
 def _on_another_thread(work) -> None:
@@ -21,7 +21,8 @@ async def test_the_pieces_of_many_streams_arrive_in_order_with_one_wake_up_per_b
     real = loop.call_soon_threadsafe
     loop.call_soon_threadsafe = lambda *args, **kwargs: (wake_ups.append(args[0]), real(*args, **kwargs))[1]
     try:
-        streams = [Pieces(loop) for _ in range(8)]
+        mailbox = Mailbox(loop)
+        streams = [Pieces(mailbox) for _ in range(8)]
 
         def decoding_step(step: int):  # like the engine: one piece per row, one row per stream
             return lambda: [pieces.put(0, f"{step}.{row} ", []) for row, pieces in enumerate(streams)]
@@ -38,7 +39,7 @@ async def test_the_pieces_of_many_streams_arrive_in_order_with_one_wake_up_per_b
 
 async def test_a_reader_gets_each_piece_and_stops_when_generation_ends():
     loop = asyncio.get_running_loop()
-    pieces = Pieces(loop)
+    pieces = Pieces(Mailbox(loop))
     generating = loop.create_future()
 
     def generate():

@@ -110,7 +110,8 @@ def reference(learning_store):
 
 
 def _greedy(generator, model_id: str, fine_tuned: FineTuned | None = None, max_tokens: int = 4):
-    return generator.generate(model_id, messages=QUESTION, max_tokens=max_tokens, temperature=0, fine_tuned=fine_tuned)
+    return generator.generate_choices(model_id, messages=QUESTION, max_tokens=max_tokens, temperature=0,
+                                      fine_tuned=fine_tuned)[0]
 
 
 @on_a_gpu
