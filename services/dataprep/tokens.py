@@ -11,16 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.dataprep.chat_templates import CHATML_TEMPLATE, fast_renderer
 from services.dataprep.examples import Example, LineError
 from services.shared.errors import InvalidArgument
 
 # ChatML, for a tokenizer that has no chat template of its own.
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+DEFAULT_CHAT_TEMPLATE = CHATML_TEMPLATE
 
 
 class TokenCounter:
@@ -47,6 +43,7 @@ class TokenCounter:
         self.chat_template = (
             chat_template or getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
         )
+        self._fast_render = fast_renderer(self.chat_template)  # None: Jinja renders every conversation
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._encode_batch = None
         if backend is not None:
@@ -72,6 +69,16 @@ class TokenCounter:
         """Each conversation through the chat template, or the error the template raised for it."""
         if not conversations:
             return []
+        if self._fast_render is not None:
+            texts: list[str | Exception | None] = [self._fast_render(c) for c in conversations]
+            rest = [c for c, text in zip(conversations, texts, strict=True) if text is None]
+            if rest:  # conversations the Python renderer leaves to Jinja
+                rendered = iter(self._render_with_jinja(rest))
+                texts = [next(rendered) if text is None else text for text in texts]
+            return texts  # type: ignore[return-value]
+        return self._render_with_jinja(conversations)
+
+    def _render_with_jinja(self, conversations: Sequence[list[dict]]) -> list[str | Exception]:
         try:
             texts = self.tokenizer.apply_chat_template(
                 list(conversations), chat_template=self.chat_template, tokenize=False
@@ -87,7 +94,7 @@ class TokenCounter:
                     ]
                 except Exception as exc:  # a template's raise_exception(...), or a bad message
                     return [exc]
-            return [text for c in conversations for text in self.render_many([c])]
+            return [text for c in conversations for text in self._render_with_jinja([c])]
 
     def _count_texts(self, texts: list[str]) -> list[int]:
         if not texts:
