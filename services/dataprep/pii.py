@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import spacy
 from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
-from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer, LemmaContextAwareEnhancer
 from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
@@ -183,14 +183,16 @@ class _TokenizerEngine(SpacyNlpEngine):
 
 
 class _WordScreenedEnhancer(LemmaContextAwareEnhancer):
-    """Presidio's lemma context enhancer, given only the findings whose recogniser has a context word
-    somewhere in the lower-cased text.
+    """Presidio's lemma context enhancer, given only the findings whose score it can raise: below the
+    maximum, from a recogniser with a context word somewhere in the lower-cased text.
 
     Without NER a lemma is a token's lower-cased text (`_TokenizerEngine`), and the enhancer boosts
     a finding only if one of its recogniser's context words is a substring of a lemma near it, so a
     finding whose context words occur nowhere in the lower-cased text keeps its score: it is passed
     through as it is, and a text with only such findings is never tokenized. (With NER, lemmas are
-    real lemmas, "ran" for "run", and this screen would not hold: use the enhancer itself.)
+    real lemmas, "ran" for "run", and this screen would not hold: use the enhancer itself.) A boost
+    is capped at MAX_SCORE, so a finding that already has it (a card number that passes the Luhn
+    check) keeps it too; the enhancer would change only its explanation, which `Finding` leaves out.
     """
 
     def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
@@ -204,8 +206,10 @@ class _WordScreenedEnhancer(LemmaContextAwareEnhancer):
                 (result.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY)
             )
             # No recogniser, or no context words: the enhancer leaves the finding alone too.
-            return recognizer is not None and any(
-                word.lower() in lowered for word in recognizer.context or ()
+            return (
+                recognizer is not None
+                and result.score < ContextAwareEnhancer.MAX_SCORE
+                and any(word.lower() in lowered for word in recognizer.context or ())
             )
 
         boost = [may_boost(result) for result in raw_results]

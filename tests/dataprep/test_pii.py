@@ -325,8 +325,9 @@ def test_no_network_access_is_attempted(tmp_path):
 
 
 def test_the_context_word_screen_changes_no_finding_or_score(corpus, monkeypatch):
-    """Without NER, findings whose recogniser has no context word in the text skip Presidio's
-    context enhancer (and so the tokenizer); with the enhancer on every finding the results are the same."""
+    """Without NER, findings whose recogniser has no context word in the text, or that have the
+    maximum score already, skip Presidio's context enhancer (and so the tokenizer); with the
+    enhancer on every finding the results are the same."""
     from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 
     screened, plain = PiiAnonymizer(use_ner=False), PiiAnonymizer(use_ner=False)
@@ -345,6 +346,8 @@ def test_the_context_word_screen_changes_no_finding_or_score(corpus, monkeypatch
         "The number 020 7946 0958 is on the invoice.",  # and without one
         "Ring me on 07700 900123, my tel is below.",
         "Born on 5 March 1990, patient Anna Berg was seen by Dr. Omar Novak.",
+        "I paid with the card 4111 1111 1111 1111 so please check that one.",  # at the maximum score
+        "Visa card 4111-1111-1111-1111, call 020 7946 0958.",
     ]
     assert [screened.analyze(text) for text in texts] == [plain.analyze(text) for text in texts]
     assert 0 < tokenized["screened"] < tokenized["plain"], tokenized  # the screen did skip some
