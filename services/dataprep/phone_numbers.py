@@ -25,6 +25,14 @@ windows of the text instead, and only where a window's digits are enough for the
   other window has a long number.
 * **Memo.** Matches per window and region are remembered (`WINDOW_MEMO` recent windows): a
   window's matches depend on its text alone.
+* **Numbers with a country code, parsed once.** The region only tells `parse` how to read a
+  number written without one: when `parse(candidate, None)` does not fail for want of a region
+  (INVALID_COUNTRY_CODE: no "+", or a "+" with an unknown country code, which `parse` then retries
+  as a national number), every region's parse gives the same number, or fails the same way, and
+  the matcher's checks around it (the characters before and after the candidate, `is_valid_number`
+  and the national-prefix test of Leniency.VALID) read the number, the candidate and the text, not
+  the region. So such a candidate's verdict is remembered across regions (`_region_free_verdict`),
+  keyed by the candidate and the characters around it.
 
 The matcher gives up after 65,535 failed parses in one text; a window's matcher counts its own. A
 text could only come near that if its windows were long: each failed candidate costs at most
@@ -134,10 +142,30 @@ def windows(text: str) -> tuple[tuple[int, str, int], ...]:
     return tuple(found)
 
 
+@lru_cache(maxsize=WINDOW_MEMO)
+def region_free(candidate: str) -> bool:
+    """True if `parse(candidate, region)` is the same for every region: `parse(candidate, None)`
+    does not fail for want of a region (see the module's doc)."""
+    try:
+        phonenumbers.parse(candidate, None, keep_raw_input=True)
+    except phonenumbers.NumberParseException as error:
+        return error.error_type != phonenumbers.NumberParseException.INVALID_COUNTRY_CODE
+    return True
+
+
+# (candidate, character before it, character after it, leniency) -> the matched number, or None
+# when the matcher refuses the candidate; "" for the start or end of the text. Bounded like
+# tokens.PieceCounts: past the limit it starts again.
+_REGION_FREE_VERDICTS: dict[tuple[str, str, str, int], phonenumbers.PhoneNumber | None] = {}
+REGION_FREE_MEMO = 1 << 14
+_UNSEEN = object()
+
+
 class _ScreenedMatcher(PhoneNumberMatcher):
     """PhoneNumberMatcher, except that a candidate (or a group inside one) with fewer digits than the
     shortest number valid in the region is refused without parsing it: the matcher would parse it
-    and find it invalid. Letters count as digits here, as parsing may read them so ("1-800-FLOWERS")."""
+    and find it invalid. Letters count as digits here, as parsing may read them so ("1-800-FLOWERS").
+    A candidate whose parse does not depend on the region is verified once for all regions."""
 
     def __init__(self, text: str, region: str, leniency: int, min_digits: int):
         super().__init__(text, region, leniency=leniency)
@@ -146,7 +174,19 @@ class _ScreenedMatcher(PhoneNumberMatcher):
     def _parse_and_verify(self, candidate, offset):
         if sum(map(str.isalnum, candidate)) < self._min_digits:
             return None
-        return super()._parse_and_verify(candidate, offset)
+        if not region_free(candidate):
+            return super()._parse_and_verify(candidate, offset)
+        end = offset + len(candidate)
+        key = (candidate, self.text[offset - 1 : offset], self.text[end : end + 1], self.leniency)
+        verdicts = _REGION_FREE_VERDICTS
+        number = verdicts.get(key, _UNSEEN)  # one lookup: another thread may clear the memo
+        if number is not _UNSEEN:
+            return None if number is None else PhoneNumberMatch(offset, candidate, number)
+        match = super()._parse_and_verify(candidate, offset)
+        if len(verdicts) >= REGION_FREE_MEMO:
+            verdicts.clear()
+        verdicts[key] = None if match is None else match.number
+        return match
 
 
 @lru_cache(maxsize=WINDOW_MEMO)

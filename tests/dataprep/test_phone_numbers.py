@@ -148,3 +148,58 @@ def test_windows_and_regions_with_too_few_digits_are_not_parsed(finder, monkeypa
 def test_leniency_below_valid_is_refused():
     with pytest.raises(ValueError, match="leniency"):
         ValidNumberFinder(["US"], leniency=phonenumbers.Leniency.POSSIBLE)
+
+
+def _parsed(candidate: str, region: str | None):
+    try:
+        return phonenumbers.parse(candidate, region, keep_raw_input=True)
+    except phonenumbers.NumberParseException as error:
+        return error.error_type
+
+
+def _candidates(texts: list[str]) -> set[str]:
+    """What the matcher would parse in `texts`: its pattern's candidates and their "+" / digit tails."""
+    found = set()
+    for text in texts:
+        for match in phonenumbermatcher._PATTERN.finditer(text):
+            candidate = match.group()
+            found |= {candidate, candidate.strip(), *(candidate[i:] for i, ch in enumerate(candidate) if ch == "+")}
+    return found
+
+
+def test_region_free_candidates_parse_the_same_in_every_region():
+    """The verdict memo rests on this: where parse(candidate, None) does not fail for want of a
+    region, parse(candidate, region) gives that number (or that error) in every region."""
+    rng = random.Random(5)
+    soup = [
+        "".join(rng.choice(["+", "+1", "+44", "+49 ", "+0", "+999", "(", ")", " ", "-", "0", "00", "1", "x", "ext ", "５"])
+                + str(rng.randrange(10 ** rng.randrange(1, 13))) for _ in range(rng.randrange(1, 5)))
+        for _ in range(400)
+    ]  # fmt: skip
+    candidates = _candidates(HARD_CASES + soup)
+    free = [c for c in candidates if phone_numbers.region_free(c)]
+    assert len(free) > 100 and len(free) < len(candidates)
+    assert not phone_numbers.region_free("650 253 0000") and not phone_numbers.region_free("+999 650 253 0000")
+    for candidate in free:
+        expected = _parsed(candidate, None)
+        for region in REGIONS:
+            assert _parsed(candidate, region) == expected, (candidate, region)
+
+
+def test_a_number_with_a_country_code_is_parsed_once_for_every_region(finder, monkeypatch):
+    text = "Please call me back on +1 650 253 0000 or +44 20 7946 0958, not +999 650 253 0000."
+    parsed = []
+    parse = phonenumbermatcher.parse
+
+    def counted(number, region, **kwargs):
+        parsed.append(number)
+        return parse(number, region, **kwargs)
+
+    monkeypatch.setattr(phonenumbermatcher, "parse", counted)
+    plain = [_plain(text, region) for region in REGIONS]
+    parsed.clear()
+    phone_numbers._window_matches.cache_clear()
+    phone_numbers._REGION_FREE_VERDICTS.clear()
+    assert [finder.matches(text, region) for region in REGIONS] == plain
+    assert parsed.count("+1 650 253 0000") == 1 and parsed.count("+44 20 7946 0958") == 1
+    assert parsed.count("+999 650 253 0000") == len(REGIONS)  # an unknown country code: per region
