@@ -451,11 +451,10 @@ def _capitalised_names() -> bool:
 
 def has_known_name(text: str, names: frozenset[str], ambiguous: frozenset[str]) -> bool:
     """True if a word of `text` is, or starts with, a known name: what NameListRecognizer looks for."""
-    words = _CAPITALISED_WORD.findall(text) if _capitalised_names() else WORD.findall(text)
-    for word in words:
-        if word in names or word in ambiguous or ("-" in word and word.split("-")[0] in names):
-            return True
-    return False
+    words = set(_CAPITALISED_WORD.findall(text) if _capitalised_names() else WORD.findall(text))
+    if not (names.isdisjoint(words) and ambiguous.isdisjoint(words)):
+        return True
+    return any("-" in word and word.split("-")[0] in names for word in words)
 
 
 def _sentence_start(text: str, start: int) -> bool:
@@ -561,23 +560,26 @@ _CUE_WORDS = frozenset(
         re.sub(r"\\[A-Za-z]", " ", re.sub(r"\[([A-Za-z])[A-Za-z]\]", r"\1", TITLES + ROLES + PHRASES)),
     )
 )
-# Between a cue's last word and the name after it there are only these characters (a title's dot,
-# a phrase's colon, the separators of CUE), at least one of them; the name starts with a capital.
-_BEFORE_CAPITAL = re.compile(r"[.\s,:\-]+(?=[^\W\d_a-z])")
-_LAST_LETTERS = re.compile(r"[^\W\d_]+\Z")
 _LONGEST_CUE_WORD = max(map(len, _CUE_WORDS))
+# Between a cue's last word and the name after it there are only these characters (a title's dot,
+# a phrase's colon, the separators of CUE), at least one of them; the name starts with a capital
+# (here: any letter but a-z). Read in the reversed text: a capital, then the whole run of
+# separators before it, then the whole run of letters before them (the word), captured only if it
+# is no longer than a cue word. The lookahead consumes only the capital, so a word that is itself
+# capitalised still starts the next match ("dear Xavier Smith").
+_CAPITAL_AFTER_WORD_REVERSED = re.compile(
+    rf"[^\W\d_a-z](?=[.\s,:\-]+([^\W\d_]{{1,{_LONGEST_CUE_WORD}}})(?![^\W\d_]))"
+)
+_CUE_WORDS_REVERSED = frozenset(word[::-1] for word in _CUE_WORDS)
 
 
 def _may_have_cue_before_capital(text: str) -> bool:
     """False only if no CUE match in `text` is followed by a capital: no word before a capital (and
-    separators) is a word of the cue patterns. Several times faster than scanning with CUE."""
-    for separators in _BEFORE_CAPITAL.finditer(text):
-        end = separators.start()
-        # One letter more than the longest cue word: a longer run of letters is not a cue word.
-        word = _LAST_LETTERS.search(text, max(0, end - _LONGEST_CUE_WORD - 1), end)
-        if word is not None and word.group().lower() in _CUE_WORDS:
-            return True
-    return False
+    separators) is a word of the cue patterns. Several times faster than scanning with CUE, and the
+    reversed text lets one regex find each such word. (Lower-casing the reversed word gives the
+    reversed lower-cased word wherever that can be a cue word: only ASCII letters are.)"""
+    reversed_words = _CAPITAL_AFTER_WORD_REVERSED.findall(text[::-1])
+    return not _CUE_WORDS_REVERSED.isdisjoint(map(str.lower, reversed_words))
 
 
 @lru_cache(maxsize=16)

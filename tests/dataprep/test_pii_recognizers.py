@@ -1,0 +1,89 @@
+"""The recognisers' screens: the fast forms pass exactly the texts the plain forms pass, and never
+refuse a text the recogniser finds something in."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from services.dataprep import pii_recognizers as rec
+from tests.dataprep.test_pii import CORPUS
+
+# Letters whose case mapping is unusual (dotted capital I lower-cases to two characters, the Kelvin
+# sign to "k", final sigma depends on context), separators, digits, cue words and names.
+PIECES = ["Dear", "dear", "my", "to", "Mr", "mR", "Anna", "Smith", "name is", "regards", "Patient", "Pt.",
+          " ", "  ", ".", ",", ":", "-", "\n", "\t", "x", "İ", "\u212a", "KIN", "ΣΑΣ", "é", "É", "ß", "1", "_",
+          "Anne-Marie", "Jean-", "-Luc", "'", "’", "O'Neil", "ümit", "Ümit", "appointment", "Appointmentx"]  # fmt: skip
+
+
+def _plain_cue_screen(text: str) -> bool:
+    """The screen as first written: every separator run before a capital, the word before it."""
+    for separators in re.finditer(r"[.\s,:\-]+(?=[^\W\d_a-z])", text):
+        end = separators.start()
+        word = re.compile(r"[^\W\d_]+\Z").search(text, max(0, end - rec._LONGEST_CUE_WORD - 1), end)
+        if word is not None and word.group().lower() in rec._CUE_WORDS:
+            return True
+    return False
+
+
+def _plain_known_name(text: str, names, ambiguous) -> bool:
+    """The name screen as first written: word by word."""
+    words = rec._CAPITALISED_WORD.findall(text) if rec._capitalised_names() else rec.WORD.findall(text)
+    for word in words:
+        if word in names or word in ambiguous or ("-" in word and word.split("-")[0] in names):
+            return True
+    return False
+
+
+def _texts() -> list[str]:
+    rng = random.Random(11)
+    soup = ["".join(rng.choice(PIECES) for _ in range(rng.randrange(1, 30))) for _ in range(20_000)]
+    corpus = [json.loads(line)["text"] for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return corpus + soup
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return _texts()
+
+
+def test_the_cue_screen_passes_what_the_plain_screen_passes(texts):
+    assert [rec._may_have_cue_before_capital(t) for t in texts] == [_plain_cue_screen(t) for t in texts]
+    assert 1000 < sum(map(rec._may_have_cue_before_capital, texts)) < len(texts) - 1000
+
+
+def test_the_cue_screen_passes_every_cue_before_a_capital(texts):
+    for text in texts:
+        if any(text[cue.end()].isupper() for cue in rec.CUE.finditer(text)):
+            assert rec._may_have_cue_before_capital(text), text
+
+
+def test_the_name_screen_passes_what_the_plain_screen_passes(texts):
+    """(NameListRecognizer.analyze looks for a word that is a name, or starts with one before a
+    hyphen: test_pii's corpus tests check that its screen lets those through.)"""
+    names, ambiguous = rec.load_names()
+    names_in_soup = [*PIECES, *sorted(names)[:50], *sorted(ambiguous)[:20]]
+    rng = random.Random(12)
+    more = ["".join(rng.choice(names_in_soup) for _ in range(rng.randrange(1, 12))) for _ in range(5000)]
+    for text in texts + more:
+        assert rec.has_known_name(text, names, ambiguous) == _plain_known_name(text, names, ambiguous), text
+
+
+def _findings(recognizer, texts: list[str]) -> list[list[tuple]]:
+    rec._cues_before_capitals.cache_clear()
+    return [[(r.entity_type, r.start, r.end, r.score) for r in recognizer.analyze(t, ["PERSON"])] for t in texts]
+
+
+@pytest.mark.parametrize("recognizer_class", [rec.NameListRecognizer, rec.CuePersonRecognizer])
+def test_the_name_screens_refuse_no_text_with_a_finding(texts, recognizer_class, monkeypatch):
+    """Each recogniser with its screen, and with screens that pass everything: the same findings."""
+    recognizer = recognizer_class()
+    recognizer.load()
+    screened = _findings(recognizer, texts)
+    monkeypatch.setattr(recognizer, "could_match", lambda text: True)
+    monkeypatch.setattr(rec, "_may_have_cue_before_capital", lambda text: True)  # CuePerson's inner screen
+    assert screened == _findings(recognizer, texts)
+    assert sum(map(bool, screened)) > 100
