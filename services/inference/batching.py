@@ -80,9 +80,10 @@ class Engine:
     """
 
     def __init__(self, name: str, model: Callable[[], Any], device: Any, max_batch_size: int,
-                 prefix_cache_size: int = 4):
+                 prefix_cache_size: int = 4, decoder: Callable[..., torch.Tensor] | None = None):
         self.stats = EngineStats()
         self._model = model
+        self._decoder = decoder  # computes the model's forward pass faster (llama_decoder.py), if given
         self._device = device
         self._max_batch_size = max_batch_size
         self._prefix_cache_size = prefix_cache_size
@@ -273,16 +274,19 @@ class Engine:
             extra["adapter_names"] = [s.adapter for s in rows]
         elif adapters != {BASE}:
             raise RuntimeError(f"adapters {sorted(adapters - {BASE})} asked of a model that has none loaded")
-        # logits_to_keep=1: only the last position's logits are used, and a prefill's other
-        # positions through the vocabulary-sized head were ~20% of its work on SmolLM2.
-        output = model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
-                       position_ids=positions.to(self._device), past_key_values=cache, use_cache=True,
-                       logits_to_keep=1, **extra)
+        if self._decoder is not None:
+            logits = self._decoder(ids, mask, positions, cache, extra.get("adapter_names"))
+        else:
+            # logits_to_keep=1: only the last position's logits are used, and a prefill's other
+            # positions through the vocabulary-sized head were ~20% of its work on SmolLM2.
+            logits = model(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
+                           position_ids=positions.to(self._device), past_key_values=cache, use_cache=True,
+                           logits_to_keep=1, **extra).logits[:, -1]
         self.stats.steps += 1
         self.stats.rows += len(rows)
         self.stats.max_rows = max(self.stats.max_rows, len(rows))
         self.stats.mixed_steps += len(adapters) > 1
-        return output.logits[:, -1].float().cpu()
+        return logits.float().cpu()
 
     def _merge(self, arriving: list[Sequence], cache: Any, mask: torch.Tensor) -> None:
         """Add the newcomers' cache rows to the batch's, left-padding whichever is shorter."""

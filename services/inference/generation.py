@@ -53,6 +53,8 @@ class _LoadedModel:
     eos_ids: frozenset[int]
     context_length: int
     engine: Engine | None = None
+    packed: bool = False  # its linear weights are packed for oneDNN (packed_linear.py)
+    decoder: Any = None  # its engine's forward pass, when faster than the model's own (llama_decoder.py)
     # Set once the first adapter is loaded: the same weights, wrapped by peft.
     peft: Any = None
     # Loaded LoRA adapters by model id, least recently used first: (peft adapter name, the
@@ -184,12 +186,11 @@ class Generator:
             loaded = self._models.get(key)
             if loaded is None:
                 # On a thread that ends: see batching.py on OpenMP's teams.
-                loaded = batching.on_own_thread(
-                    lambda: _loaded(*self._store.load(key, self.dtype)) if fine_tuned is None or lora
-                    else _load_full(fine_tuned, self.dtype))
-                log.info("inference: loaded %s in %s", key, str(self.dtype).removeprefix("torch."))
+                loaded = batching.on_own_thread(lambda: self._load(key, None if lora else fine_tuned))
+                log.info("inference: loaded %s in %s%s", key, str(self.dtype).removeprefix("torch."),
+                         ", linear weights packed for oneDNN" if loaded.packed else "")
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
-                                       self._max_batch_size, self._prefix_cache_size)
+                                       self._max_batch_size, self._prefix_cache_size, loaded.decoder)
                 self._models[key] = loaded
             adapter, tokenizer = (self._adapter(loaded, fine_tuned) if lora and fine_tuned is not None
                                   else (BASE, loaded.tokenizer))
@@ -199,6 +200,20 @@ class Generator:
         finally:
             with self._lock_for(key):
                 loaded.in_use[adapter] -= 1
+
+    def _load(self, key: str, full: FineTuned | None) -> _LoadedModel:
+        """The base model `key`, or the full fine-tune `full`, with its linear weights packed where
+        that pays (packed_linear.py): a model here only ever serves."""
+        from services.inference import llama_decoder  # imports torch
+        from services.inference.packed_linear import pack_linears
+
+        loaded = _loaded(*self._store.load(key, self.dtype)) if full is None else _load_full(full, self.dtype)
+        loaded.packed = pack_linears(loaded.model, self._max_batch_size) > 0
+        # Where the weights are packed the answers already differ from float32 in the last bits; a
+        # float32 model keeps the model's own forward, token for token what `generate` computes.
+        if loaded.packed and llama_decoder.supports(loaded.model):
+            loaded.decoder = llama_decoder.LlamaDecoder(loaded.model)
+        return loaded
 
     @functools.cached_property
     def dtype(self) -> torch.dtype:
