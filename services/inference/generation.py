@@ -71,7 +71,7 @@ class Generator:
     """
 
     def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8, dtype: str = "auto",
-                 prefix_cache_size: int = 4):
+                 prefix_cache_size: int = 4, engine_nice: int = 0):
         if max_batch_size < 1 or max_adapters < 1:
             raise ValueError("max_batch_size and max_adapters must be at least 1")
         # Checked now, resolved at the first load: resolving imports torch, which a bad setting
@@ -79,6 +79,7 @@ class Generator:
         self._dtype_choice = check_serving_dtype(dtype)
         self._store = store
         self._prefix_cache_size = prefix_cache_size
+        self._engine_nice = engine_nice
         self._max_batch_size = max_batch_size
         self._max_adapters = max_adapters
         self._models: dict[str, _LoadedModel] = {}
@@ -190,7 +191,8 @@ class Generator:
                 log.info("inference: loaded %s in %s%s", key, str(self.dtype).removeprefix("torch."),
                          ", linear weights packed for oneDNN" if loaded.packed else "")
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
-                                       self._max_batch_size, self._prefix_cache_size, loaded.decoder)
+                                       self._max_batch_size, self._prefix_cache_size, loaded.decoder,
+                                       self._engine_nice)
                 self._models[key] = loaded
             adapter, tokenizer = (self._adapter(loaded, fine_tuned) if lora and fine_tuned is not None
                                   else (BASE, loaded.tokenizer))

@@ -29,6 +29,10 @@ class InferenceSettings(ServiceSettings):
     # Prompt prefixes (a chat's system prompt and earlier turns) whose keys and values each model keeps,
     # so requests repeating one read only the rest of their prompt; 0 turns the prefix cache off.
     prefix_cache_prompts: int = Field(default=4, ge=0)
+    # How many levels of CPU priority (Linux nice) the `transformers` backend's compute threads run
+    # below the rest of the service, so that a request's own work (gRPC, templates, sending its first
+    # token) gets a core at once while batches decode; 0 keeps them equal (batching._lower_own_priority).
+    engine_nice: int = Field(default=10, ge=0, le=19)
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
     # Which backend serves the models held here (TUNELOOP_INFERENCE_BACKEND): "transformers" (this
