@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, apply_rotary_pos_emb
 
-_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
-_MLP = ("gate_proj", "up_proj", "down_proj")
+# Columns of room kept after a cache layer's keys and values: a new tensor every this many decoding
+# steps (or when rows join or leave) instead of every step.
+_ROOM_COLUMNS = 64
 
 
 def supports(model: Any) -> bool:
@@ -89,10 +90,42 @@ class LlamaDecoder:
         value = _project(attention.v_proj, x, lora).view(shape).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        key, value = cache.update(key, value, index)
+        key, value = _append(cache, index, key, value)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=attention.scaling,
                                              enable_gqa=query.shape[1] != key.shape[1])
         return _project(attention.o_proj, out.transpose(1, 2).reshape(rows, length, -1), lora)
+
+
+def _append(cache: Any, index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cache.update(key, value, index)` without copying the whole layer each step: a layer's keys and
+    values are the front of a larger tensor, and a step writes its new columns into the room after
+    them. DynamicCache's update concatenates, which copies every row's keys and values of every
+    layer at every decoding step, a cost that grows with the context: SmolLM2, 8 rows, one step over
+    60-100 tokens 28.6-29.4 ms with it and 27.7-28.8 ms without; over 1,000 tokens 56-57 ms and
+    42-44 ms. Whoever replaces a layer's keys (the engine, when rows join or leave) just makes the
+    next call start a new tensor."""
+    if index >= len(cache.layers) or not cache.layers[index].is_initialized:
+        return cache.update(key, value, index)
+    layer = cache.layers[index]
+    length, new = layer.keys.shape[2], key.shape[2]
+    room = getattr(layer, "_room", None)
+    if room is None or not _is_front_of(layer.keys, room[0]) or not _is_front_of(layer.values, room[1]) \
+            or room[0].shape[2] < length + new:
+        size = (*layer.keys.shape[:2], length + new + _ROOM_COLUMNS, layer.keys.shape[3])
+        room = layer.keys.new_empty(size), layer.values.new_empty(size)
+        room[0][:, :, :length] = layer.keys
+        room[1][:, :, :length] = layer.values
+        layer._room = room
+    room[0][:, :, length:length + new] = key
+    room[1][:, :, length:length + new] = value
+    layer.keys, layer.values = room[0][:, :, :length + new], room[1][:, :, :length + new]
+    return layer.keys, layer.values
+
+
+def _is_front_of(tensor: torch.Tensor, whole: torch.Tensor) -> bool:
+    """Whether `tensor` is `whole[:, :, :n]` for some n."""
+    return (tensor.data_ptr() == whole.data_ptr() and tensor.stride() == whole.stride()
+            and tensor.shape[:2] == whole.shape[:2] and tensor.shape[3] == whole.shape[3])
 
 
 def _project(module: torch.nn.Module, x: torch.Tensor, lora: dict) -> torch.Tensor:

@@ -130,3 +130,31 @@ def test_the_generator_decodes_with_it_exactly_where_weights_are_packed(tiny_set
     assert isinstance(packed._models[MODEL].decoder, llama_decoder.LlamaDecoder)
     assert len(calls) == 3  # a prefill and two decoding steps
     packed.close()
+
+
+def test_decoding_steps_write_into_room_after_the_cache_and_rows_leaving_start_a_new_one(tiny_settings):
+    model = _model(tiny_settings)
+    decoder, hf = LlamaDecoder(model), _hf(model)
+    ids, mask, positions = _batch()
+    ours, theirs = _prefix_cache(model, 3, 5), _prefix_cache(model, 3, 5)
+    with torch.inference_mode():
+        for step in range(4):
+            logits = decoder(ids, mask, positions, ours)
+            torch.testing.assert_close(logits, hf(ids, mask, positions, theirs, None), rtol=1e-5, atol=1e-5)
+            if step == 2:
+                where = ours.layers[0].keys.data_ptr()
+            if step == 3:  # the step's column went into the room after the others: no new tensor
+                assert ours.layers[0].keys.data_ptr() == where
+            ids, positions = logits.argmax(-1, keepdim=True), mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones((3, 1), dtype=mask.dtype)], dim=-1)
+        # Row 1 leaves, as the engine drops an ended row: its keys and values become new tensors.
+        keep = torch.tensor([0, 2])
+        for cache in (ours, theirs):
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+        ids, mask, positions = ids[keep], mask[keep], positions[keep]
+        for _ in range(2):
+            logits = decoder(ids, mask, positions, ours)
+            torch.testing.assert_close(logits, hf(ids, mask, positions, theirs, None), rtol=1e-5, atol=1e-5)
+            ids, positions = logits.argmax(-1, keepdim=True), mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones((2, 1), dtype=mask.dtype)], dim=-1)
