@@ -161,10 +161,33 @@ class _LazyArtifacts(NlpArtifacts):
 
 
 class _TokenizerEngine(SpacyNlpEngine):
-    """No model: spaCy's rule-based tokenizer, lower-cased words as lemmas (enough for context words)."""
+    """No model: spaCy's rule-based tokenizer, lower-cased words as lemmas (enough for context words).
+
+    Presidio reads each lemma's stop-word and punctuation flags from the vocabulary to pick the
+    keywords around a finding; they depend on the string alone, so they are remembered per lemma
+    (up to LEXEME_FLAGS lemmas; this engine has one language)."""
+
+    LEXEME_FLAGS = 1 << 16
 
     def load(self) -> None:
         self.nlp = {"en": spacy.blank("en")}
+        self._flags: dict[str, tuple[bool, bool]] = {}
+
+    def _lexeme_flags(self, word: str, language: str) -> tuple[bool, bool]:
+        flags = self._flags.get(word)
+        if flags is None:
+            lexeme = self.nlp[language].vocab[word]
+            flags = (lexeme.is_stop, lexeme.is_punct)
+            if len(self._flags) >= self.LEXEME_FLAGS:
+                self._flags = {}  # a new dict: another thread may be reading the old one
+            self._flags[word] = flags
+        return flags
+
+    def is_stopword(self, word: str, language: str) -> bool:
+        return self._lexeme_flags(word, language)[0]
+
+    def is_punct(self, word: str, language: str) -> bool:
+        return self._lexeme_flags(word, language)[1]
 
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
         # Each token's text, offset and lower-case form, read as arrays: no Token object per token.
@@ -302,7 +325,7 @@ class PiiAnonymizer:
         self._screens = (
             None
             if any(not isinstance(r, rec.Screened) for r in recognizers)
-            else [r.could_match for r in recognizers]
+            else [r.screen for r in recognizers]
         )
         self._nlp_engine = _ModelEngine() if use_ner else _TokenizerEngine()
         self._analyzer = AnalyzerEngine(

@@ -75,13 +75,26 @@ def digit_count(text: str) -> int:
 
 class Screened:
     """Mixin for a recogniser: `could_match(text)` is False only for a text in which the recogniser
-    cannot find anything, and `analyze` then returns [] without scanning it."""
+    cannot find anything, and `analyze` then returns [] without scanning it.
+
+    `screen(text)` is `could_match(text)`, remembered for the last text: `PiiAnonymizer` screens a
+    text with the recognisers before it hands the text to Presidio, whose `analyze` asks again."""
+
+    # (text, verdict), replaced whole, so threads that share the recogniser read a consistent pair.
+    _last_screen: tuple[str | None, bool] = (None, False)
 
     def could_match(self, text: str) -> bool:
         return True
 
+    def screen(self, text: str) -> bool:
+        last_text, verdict = self._last_screen
+        if last_text is not text:
+            verdict = self.could_match(text)
+            self._last_screen = (text, verdict)
+        return verdict
+
     def analyze(self, text, entities, nlp_artifacts=None):
-        if not self.could_match(text):
+        if not self.screen(text):
             return []
         return super().analyze(text, entities, nlp_artifacts)
 
@@ -179,11 +192,17 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
         self.finder = phone_numbers.ValidNumberFinder(self.supported_regions, self.leniency)
 
     def could_match(self, text: str) -> bool:
-        # Counting all digits first is cheaper, and enough for most texts.
-        return digit_count(text) >= self.finder.fewest_digits and self.finder.could_match(text)
+        # Counting all digits first is cheaper, and enough for most texts. Then the matches
+        # themselves: a text whose only digits are an order number or a year then never reaches
+        # Presidio on this recogniser's account, and `analyze` finds them again in the finder's memo.
+        return (
+            digit_count(text) >= self.finder.fewest_digits
+            and self.finder.could_match(text)
+            and any(self.finder.matches(text, region) for region in self.supported_regions)
+        )
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        if not self.could_match(text):
+        if not self.screen(text):
             return []
         results = []
         for region in self.supported_regions:
@@ -504,7 +523,7 @@ class NameListRecognizer(Screened, LocalRecognizer):
         return has_known_name(text, self.names, self.ambiguous)
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        if not self.could_match(text):
+        if not self.screen(text):
             return []
         words = _words(text)
         results, i = [], 0
@@ -740,7 +759,7 @@ class IdCueRecognizer(DigitScreened, LocalRecognizer):
         pass
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        if not self.could_match(text):
+        if not self.screen(text):
             return []
         results = []
         for entity, pattern in ID_CUES:

@@ -351,3 +351,14 @@ def test_the_context_word_screen_changes_no_finding_or_score(corpus, monkeypatch
     ]
     assert [screened.analyze(text) for text in texts] == [plain.analyze(text) for text in texts]
     assert 0 < tokenized["screened"] < tokenized["plain"], tokenized  # the screen did skip some
+
+
+def test_the_tokenizer_engine_remembers_the_vocabularys_flags(fast, corpus):
+    """Stop-word and punctuation flags, remembered per lemma, are the vocabulary's."""
+    engine = fast._nlp_engine
+    vocab = engine.nlp["en"].vocab
+    lemmas = {lemma for row in corpus for lemma in engine.process_text(row["text"], "en").lemmas}
+    lemmas |= {"the", "The", "THE", ".", "...", "-", "be", "", " ", "\n"}
+    for _ in range(2):  # read from the vocabulary, then from the memo
+        assert [engine.is_stopword(w, "en") for w in sorted(lemmas)] == [vocab[w].is_stop for w in sorted(lemmas)]
+        assert [engine.is_punct(w, "en") for w in sorted(lemmas)] == [vocab[w].is_punct for w in sorted(lemmas)]
