@@ -314,10 +314,12 @@ class Engine:
 
         first = len(self._rows) - logits.shape[0] if start is None else start
         ended = []
+        # For every row at once (one log-softmax, one argmax) rather than two passes over the vocabulary per row.
+        logprobs, greedy = torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1).tolist()
         for offset, row_logits in enumerate(logits):
             sequence = self._rows[first + offset]
             try:
-                done = sequence.take(row_logits)
+                done = sequence.take(row_logits, logprobs[offset], greedy[offset])
             except Exception as error:  # noqa: BLE001 - the caller's callback failed: only its request ends
                 sequence.fail(error)
                 done = True
