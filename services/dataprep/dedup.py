@@ -29,6 +29,11 @@ from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
 
 _TOKEN = re.compile(r"\w+")
+# For ASCII text, what `_TOKEN` reads as words are the runs of [A-Za-z0-9_]: every other ASCII
+# character becomes a space, and `str.split` then gives the same words about twice as fast.
+_ASCII_NON_WORD_TO_SPACE = str.maketrans(
+    {chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")}
+)
 _KEEP_CHARS = 500
 
 
@@ -86,6 +91,13 @@ def example_text(ex: Example) -> str:
     return "\n".join(ex.texts())
 
 
+def words(text: str) -> list[str]:
+    """`_TOKEN.findall(text)`: the runs of word characters."""
+    if text.isascii():
+        return text.translate(_ASCII_NON_WORD_TO_SPACE).split()
+    return _TOKEN.findall(text)
+
+
 class MinHasher:
     """MinHash signatures of texts over word n-gram shingles: datasketch's `MinHash` values, computed
     for many texts at once.
@@ -117,7 +129,7 @@ class MinHasher:
 
     def shingles(self, text: str) -> list[bytes]:
         """The word n-grams of the folded text, as UTF-8 bytes."""
-        tokens = _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+        tokens = words(unicodedata.normalize("NFKC", text).casefold())
         k = self.shingle_size
         if len(tokens) <= k:
             return [" ".join(tokens).encode()]

@@ -1,6 +1,7 @@
 """Exact duplicates, near-duplicates (MinHash + LSH) and conflicting labels."""
 
 import random
+import re
 import zlib
 
 import pytest
@@ -13,6 +14,7 @@ from services.dataprep.dedup import (
     NearDuplicateIndex,
     content_key,
     example_text,
+    words,
 )
 from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
@@ -237,3 +239,16 @@ def test_conflicts_are_ordered_and_truncated():
     assert conflicts[1].outputs == ["x" * 500, "two", "four"]
     assert conflicts[0].to_dict() == {"prompt": "user: b", "outputs": ["one", "three"], "lines": [1, 4]}
     assert ConflictDetector().conflicts() == []
+
+
+def test_words_are_the_word_pattern_s_runs():
+    """The ASCII shortcut of `words` reads the same words as the \\w+ pattern, on every ASCII
+    character (controls, separators, punctuation) and on text that is not ASCII."""
+    rng = random.Random(7)
+    ascii_chars = [chr(c) for c in range(128)]
+    others = ["é", "ß", "東", "\u00a0", "\u2028", "١", "_", "İ"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(ascii_chars) for _ in range(rng.randrange(30)))
+        assert words(text) == re.findall(r"\w+", text), repr(text)
+        mixed = text + rng.choice(others) + text[::-1]
+        assert words(mixed) == re.findall(r"\w+", mixed), repr(mixed)
