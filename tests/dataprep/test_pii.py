@@ -362,3 +362,30 @@ def test_the_tokenizer_engine_remembers_the_vocabularys_flags(fast, corpus):
     for _ in range(2):  # read from the vocabulary, then from the memo
         assert [engine.is_stopword(w, "en") for w in sorted(lemmas)] == [vocab[w].is_stop for w in sorted(lemmas)]
         assert [engine.is_punct(w, "en") for w in sorted(lemmas)] == [vocab[w].is_punct for w in sorted(lemmas)]
+
+
+def test_the_analyzers_shortcuts_change_nothing(fast, corpus):
+    """The registry that remembers its selection and the analyzer that skips enhancing no findings
+    give what Presidio's own registry and analyzer give, in the same order."""
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+    registry = RecognizerRegistry(supported_languages=["en"])
+    for recognizer in fast._analyzer.registry.recognizers:
+        registry.add_recognizer(recognizer)
+    plain = AnalyzerEngine(
+        registry=registry,
+        nlp_engine=fast._nlp_engine,
+        supported_languages=["en"],
+        context_aware_enhancer=fast._analyzer.context_aware_enhancer,
+    )
+    entities = fast._query_entities
+    assert fast._analyzer.registry.get_recognizers("en", entities) == registry.get_recognizers("en", entities)
+    texts = [row["text"] for row in corpus] + ["No findings here at all.", "Call 020 7946 0958 today."]
+
+    def analyzed(analyzer):
+        return [
+            [(r.entity_type, r.start, r.end, r.score) for r in analyzer.analyze(t, "en", entities, score_threshold=0.5)]
+            for t in texts
+        ]
+
+    assert analyzed(fast._analyzer) == analyzed(plain)
