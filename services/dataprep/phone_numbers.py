@@ -145,7 +145,10 @@ def windows(text: str) -> tuple[tuple[int, str, int], ...]:
 @lru_cache(maxsize=WINDOW_MEMO)
 def region_free(candidate: str) -> bool:
     """True if `parse(candidate, region)` is the same for every region: `parse(candidate, None)`
-    does not fail for want of a region (see the module's doc)."""
+    does not fail for want of a region (see the module's doc). False says only "parse per region",
+    so a candidate without a plus sign, which parse cannot read without a region, is not parsed here."""
+    if not any(plus in candidate for plus in phonenumberutil._PLUS_CHARS):
+        return False
     try:
         phonenumbers.parse(candidate, None, keep_raw_input=True)
     except phonenumbers.NumberParseException as error:
