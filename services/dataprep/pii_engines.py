@@ -6,6 +6,7 @@ scores stay Presidio's; tests/dataprep/test_pii.py compares them with Presidio's
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 
 import spacy
@@ -135,6 +136,9 @@ class WordScreenedEnhancer(LemmaContextAwareEnhancer):
     real lemmas, "ran" for "run", and this screen would not hold: use the enhancer itself.) A boost
     is capped at MAX_SCORE, so a finding that already has it (a card number that passes the Luhn
     check) keeps it too; the enhancer would change only its explanation, which `Finding` leaves out.
+
+    Presidio's enhancer deep-copies every finding it is given before it boosts some (a third of its
+    time here); this one copies only the findings it boosts, with the same steps on the copy.
     """
 
     def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
@@ -154,15 +158,28 @@ class WordScreenedEnhancer(LemmaContextAwareEnhancer):
                 and any(word.lower() in lowered for word in recognizer.context or ())
             )
 
-        boost = [may_boost(result) for result in raw_results]
-        if not any(boost):
-            return list(raw_results)
-        enhanced = iter(
-            super().enhance_using_context(
-                text, [r for r, b in zip(raw_results, boost, strict=True) if b], nlp_artifacts, recognizers
-            )
+        return [self._boosted(text, r, nlp_artifacts, by_id) if may_boost(r) else r for r in raw_results]
+
+    def _boosted(self, text, result, nlp_artifacts, by_id) -> RecognizerResult:
+        """LemmaContextAwareEnhancer.enhance_using_context's steps for one finding (without
+        context words given by the caller), on a copy if they change it."""
+        if result.recognition_metadata.get(RecognizerResult.IS_SCORE_ENHANCED_BY_CONTEXT_KEY):
+            return result
+        recognizer = by_id[result.recognition_metadata[RecognizerResult.RECOGNIZER_IDENTIFIER_KEY]]
+        surrounding = self._extract_surrounding_words(
+            nlp_artifacts=nlp_artifacts, word=text[result.start : result.end], start=result.start
         )
-        return [next(enhanced) if b else r for r, b in zip(raw_results, boost, strict=True)]
+        word = self._find_supportive_word_in_context(surrounding, recognizer.context, self.context_matching_mode)
+        if word == "":
+            return result
+        result = copy.copy(result)
+        result.analysis_explanation = copy.copy(result.analysis_explanation)
+        result.score += self.context_similarity_factor
+        result.score = max(result.score, self.min_score_with_context_similarity)
+        result.score = min(result.score, ContextAwareEnhancer.MAX_SCORE)
+        result.analysis_explanation.set_supportive_context_word(word)
+        result.analysis_explanation.set_improved_score(result.score)
+        return result
 
 
 class FixedRegistry(RecognizerRegistry):

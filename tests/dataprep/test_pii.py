@@ -348,6 +348,9 @@ def test_the_context_word_screen_changes_no_finding_or_score(corpus, monkeypatch
         "Born on 5 March 1990, patient Anna Berg was seen by Dr. Omar Novak.",
         "I paid with the card 4111 1111 1111 1111 so please check that one.",  # at the maximum score
         "Visa card 4111-1111-1111-1111, call 020 7946 0958.",
+        "Hi there. Thanks, Wei Chen (phone 555-123-4567). Please call me back on +1 650 253 0000.",
+        "My name is Anna Smith and the account is under my name; the payment went out on March 5, 2024.",
+        "Dear Omar Novak, your appointment date is 2024-03-05. Reply by text or ring 07700 900123.",
     ]
     assert [screened.analyze(text) for text in texts] == [plain.analyze(text) for text in texts]
     assert 0 < tokenized["screened"] < tokenized["plain"], tokenized  # the screen did skip some
