@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,31 @@ def test_the_service_runs_its_engines_ten_levels_lower_unless_told(monkeypatch):
     assert InferenceSettings().engine_nice == 10
     monkeypatch.setenv("TUNELOOP_ENGINE_NICE", "0")
     assert InferenceSettings().engine_nice == 0
+
+
+def test_a_request_arriving_during_a_prefill_is_read_before_the_next_decoding_step(tiny_settings):
+    generator = Generator(ModelStore(tiny_settings), dtype="float32")
+    generator.generate(MODEL, prompt="Warm up", max_tokens=1, temperature=0)
+    engine = generator.engine(MODEL)
+    passes, later = [], []
+    real_forward = engine._forward
+
+    def forward(rows, ids, mask, positions, cache):
+        passes.append((len(rows), ids.shape[1]))
+        if len(passes) == 1:  # the first request's prefill: a second request arrives meanwhile
+            arriving = threading.Thread(target=lambda: later.append(
+                generator.generate(MODEL, prompt="A second question", max_tokens=3, temperature=0)))
+            arriving.start()
+            while not engine.waiting:
+                time.sleep(0.001)
+        return real_forward(rows, ids, mask, positions, cache)
+
+    engine._forward = forward
+    first = generator.generate(MODEL, prompt="The first question here", max_tokens=3, temperature=0)
+    while not later:
+        time.sleep(0.01)
+    generator.close()
+    assert first.completion_tokens == later[0].completion_tokens == 3
+    # Read the first prompt, then the second, and only then decode both: [(1, 5), (1, 3), (2, 1), (2, 1)].
+    assert [rows for rows, _ in passes[:4]] == [1, 1, 2, 2]
+    assert passes[0][1] > 1 and passes[1][1] > 1 and passes[2][1] == passes[3][1] == 1
