@@ -4,9 +4,10 @@ One thread per loaded model runs the model. Each turn it first prefills the requ
 since the last turn (together, left-padded), then advances every running request by one token in a
 single forward pass; if more requests arrived while it read prompts, it reads theirs first, so the
 requests of a burst get their first tokens before the batch takes another step (measured on 2 cores,
-bench/serve.py: 8 sent at once, first-token p50 184-190 ms before, 171 ms after). A request joins the batch as soon as its prompt is read and leaves it as soon
-as it ends, so a short answer never waits for a long one and throughput grows with the number of
-clients, while a newcomer waits at most one decoding step before its prompt is read.
+bench/serve.py: 8 sent at once, first-token p50 184-190 ms before, 171 ms after). A request joins
+the batch as soon as its prompt is read and leaves it as soon as it ends, so a short answer never
+waits for a long one and throughput grows with the number of clients, while a newcomer waits at
+most one decoding step before its prompt is read.
 
 Why not `model.generate`: it batches only the requests it is started with, all to the end of the
 longest. Why not a serving engine: vLLM and TGI need a GPU; this is the CPU path.

@@ -110,10 +110,7 @@ class Sequence:
         batch at once: one pass over the vocabulary for every row instead of two per row."""
         import torch
 
-        if greedy is not None and (self._temperature == 0 or self._rng is None):
-            token = greedy
-        else:
-            token = _pick(logits, self._temperature, self._top_p, self._rng)
+        token = _pick(logits, self._temperature, self._top_p, self._rng, greedy)
         if logprobs is None:
             logprobs = torch.log_softmax(logits, dim=-1)
         logprob = float(logprobs[token])
@@ -172,13 +169,14 @@ class Sequence:
         return fresh
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None) -> int:
-    """Greedy at temperature 0; otherwise sample from the smallest set of tokens whose
-    probability reaches top_p (top_p 0 keeps only the most likely token)."""
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator | None,
+          greedy: int | None = None) -> int:
+    """Greedy at temperature 0 (`greedy`: the argmax, if already computed); otherwise sample from
+    the smallest set of tokens whose probability reaches top_p (top_p 0 keeps only the most likely token)."""
     import torch
 
     if temperature == 0 or rng is None:
-        return int(torch.argmax(logits))
+        return int(torch.argmax(logits)) if greedy is None else greedy
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p >= 1:
         return int(torch.multinomial(probs, 1, generator=rng))

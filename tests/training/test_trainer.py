@@ -12,6 +12,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from services.dataprep.chat_templates import (
+    SMOLLM2_TEMPLATE,  # SmolLM2-135M-Instruct's own, as its GGUF carries it
+)
 from services.shared.errors import InvalidArgument
 from services.training.batching import (
     IGNORE_INDEX,
@@ -21,15 +24,6 @@ from services.training.batching import (
     micro_batches,
 )
 from services.training.trainer import ADAPTER_MANIFEST, TrainConfig, Trainer, WarmStart
-
-# SmolLM2-135M-Instruct's own template (as its GGUF carries it): a default system prompt when the
-# conversation has none.
-SMOLLM2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def parity_examples(count: int, seed: int, answer: str | None = None) -> list[list[dict[str, str]]]:
