@@ -9,6 +9,7 @@ import signal
 import uvicorn
 
 from gateway.app import close_runtime, create_app, mirror_health, open_runtime, start_grpc
+from gateway.http_protocol import CoalescingHttpToolsProtocol
 from gateway.settings import GatewaySettings
 from services.shared.telemetry import setup_tracing
 
@@ -24,7 +25,7 @@ async def serve(settings: GatewaySettings) -> None:
     grpc_server = await start_grpc(runtime)
     config = uvicorn.Config(
         create_app(runtime), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-        lifespan="off",
+        lifespan="off", http=CoalescingHttpToolsProtocol, access_log=settings.access_log,
     )
     http_server = uvicorn.Server(config)
     # uvicorn installs its own handlers; ours decide when both doors close.

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from gateway import health as health_module
 from gateway.auth import KeyRing
@@ -46,31 +45,39 @@ class GatewayRuntime:
     monitor: HealthMonitor
 
 
+def _untraced(scope) -> bool:
+    return scope.get("path") == "/healthz"
+
+
 def create_app(runtime: GatewayRuntime) -> FastAPI:
     app = FastAPI(
         title="tuneloop",
         version="0.1.0",
         description="OpenAI-compatible inference and fine-tuning, plus the platform's own routes.",
+        # FastAPI's own OpenTelemetry: one server span per request, named by the route it matched and
+        # parented on the caller's traceparent. opentelemetry-instrumentation-fastapi, used before,
+        # matched each request against every route a second time to name its span (~0.3 ms of a
+        # completion's 2 ms through the gateway). Metrics and logs stay off: no provider is set up.
+        telemetry={"metrics": False, "logs": False, "operation_spans": False, "exclude": _untraced},
     )
     app.state.keys = runtime.keys
     app.state.clients = runtime.clients
     app.state.monitor = runtime.monitor
     install_error_handlers(app)
+    # Routes are matched in order, so the ones every completion takes come first.
+    app.include_router(completions.router)
+    app.include_router(tgi.router)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(datasets.router)
     app.include_router(fine_tuning.router)
-    app.include_router(completions.router)
     app.include_router(deployments.router)
     app.include_router(evaluations.router)
     app.include_router(evaluations.policies)
     app.include_router(feedback.router)
     app.include_router(feedback.loops)
-    app.include_router(tgi.router)
     tgi.install_tgi_errors(app)
-    # One span per request: spans for each ASGI message sent or received cost more than they tell.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz", exclude_spans=["receive", "send"])
     return app
 
 

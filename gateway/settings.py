@@ -13,3 +13,6 @@ class GatewaySettings(Settings):
     health_interval_s: float = 2.0
     # Deadline of one call from the gateway to a service.
     rpc_timeout_s: float = 600.0
+    # One log line per HTTP request (uvicorn's access log). Off by default, as in gunicorn: every
+    # completion is already in the completion log and, with TUNELOOP_OTLP_ENDPOINT, a span.
+    access_log: bool = Field(default=False, validation_alias=AliasChoices("TUNELOOP_GATEWAY_ACCESS_LOG"))
