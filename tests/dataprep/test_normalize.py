@@ -1,12 +1,13 @@
 """Text normalisation: Unicode form, newlines, spaces, invisible characters; examples keep their shape."""
 
+import re
 import unicodedata
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from services.dataprep.examples import Example
-from services.dataprep.normalize import normalize_example, normalize_text
+from services.dataprep.normalize import _apply_rules, _ascii_needs_work, normalize_example, normalize_text
 
 
 def test_nfc_composes_but_keeps_compatibility_characters():
@@ -100,3 +101,33 @@ def test_normalize_example_preference():
     assert out.kind == "preference"
     missing = normalize_example(Example(line=2, messages=ex.messages, preferred="yes"))
     assert missing.rejected is None
+
+
+# The first form of the ASCII shortcut's test: one regex of every case a rule changes.
+_ASCII_WORK_REGEX = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]|  | \n| \Z|\A[ \n]|\n\Z|\n ")
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x07", "\x0b", "\x1f", "\x7f", "a", "~"])
+    )
+)
+def test_ascii_shortcut_is_the_regex_and_the_rules_change_nothing_it_passes(s):
+    assert _ascii_needs_work(s) == (_ASCII_WORK_REGEX.search(s) is not None)
+    if not _ascii_needs_work(s):
+        assert _apply_rules(s) == s
+
+
+def test_ascii_shortcut_on_every_ascii_character():
+    for code in range(128):
+        for s in (
+            chr(code),
+            f"a{chr(code)}b",
+            f"{chr(code)}ab",
+            f"ab{chr(code)}",
+            f"a\n{chr(code)}b",
+            f"a{chr(code)}\nb",
+        ):
+            assert _ascii_needs_work(s) == (_ASCII_WORK_REGEX.search(s) is not None), repr(s)
+            if not _ascii_needs_work(s):
+                assert _apply_rules(s) == s, repr(s)
