@@ -5,6 +5,7 @@ limit and by the pipeline for the report's totals).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -257,10 +258,14 @@ class PieceCounts:
 
     def __init__(self, spec: dict, encode_batch):
         self._encode_batch = encode_batch
-        self._cache: dict[str, int] = {}
+        # Counts of a text's first piece, and of the pieces after it by their text after the space.
+        self._caches: tuple[dict[str, int], dict[str, int]] = ({}, {})
         added = sorted({t["content"] for t in spec.get("added_tokens") or () if t.get("content")}, key=len)
         not_added = f"(?!{'|'.join(map(re.escape, added))})" if added else ""
-        self._piece_start = re.compile(f"(?= {not_added}[!-~])")
+        # The space that starts a piece, matched (and so dropped by `split`): a pattern that starts
+        # with a literal is searched for that character, while one that starts with a lookahead is
+        # tried at every position (twice the time). Pieces meet at spaces, never overlapping.
+        self._space_before_piece = re.compile(f" {not_added}(?=[!-~])")
 
     @staticmethod
     def exact_for(spec: dict) -> bool:
@@ -285,16 +290,34 @@ class PieceCounts:
         )
 
     def count(self, texts: Sequence[str]) -> list[int]:
-        cache = self._cache
-        if len(cache) > PIECE_CACHE_ENTRIES:
-            # A new dict rather than clear(): another thread may be summing from the old one.
-            cache = self._cache = {}
-        split = [self._piece_start.split(text) for text in texts]
-        missing = list({piece for pieces in split for piece in pieces if piece not in cache})
-        if missing:
-            encodings = self._encode_batch(missing, add_special_tokens=False)
-            cache.update(zip(missing, (len(encoding.ids) for encoding in encodings), strict=True))
-        return [sum(map(cache.__getitem__, pieces)) for pieces in split]
+        first, spaced = self._caches
+        if len(first) + len(spaced) > PIECE_CACHE_ENTRIES:
+            # New dicts rather than clear(): another thread may be summing from the old ones.
+            first, spaced = self._caches = ({}, {})
+        split = [self._space_before_piece.split(text) for text in texts]
+        counts: list[int] = []
+        unknown: list[int] = []  # the texts with a piece not counted yet: most batches have a few
+        for i, parts in enumerate(split):
+            try:
+                counts.append(_sum_of_pieces(parts, first, spaced))
+            except KeyError:
+                counts.append(0)
+                unknown.append(i)
+        if unknown:
+            new_first = list({split[i][0] for i in unknown} - first.keys())
+            new_spaced = list({part for i in unknown for part in split[i][1:]} - spaced.keys())
+            pieces = new_first + [" " + part for part in new_spaced]
+            lengths = [len(encoding.ids) for encoding in self._encode_batch(pieces, add_special_tokens=False)]
+            first.update(zip(new_first, lengths, strict=False))
+            spaced.update(zip(new_spaced, lengths[len(new_first) :], strict=True))
+            for i in unknown:
+                counts[i] = _sum_of_pieces(split[i], first, spaced)
+        return counts
+
+
+def _sum_of_pieces(parts: list[str], first: dict[str, int], spaced: dict[str, int]) -> int:
+    """The tokens of a text split at the spaces that start its pieces (KeyError: a piece not counted)."""
+    return first[parts[0]] + sum(map(spaced.__getitem__, itertools.islice(parts, 1, None)))
 
 
 def load_token_counter(path: str | Path) -> TokenCounter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,24 @@ TEXTS = st.lists(st.sampled_from([*TRICKY, *SPECIAL, "\n ", "  "]), max_size=40)
 @given(st.lists(TEXTS, min_size=1, max_size=4))
 def test_piece_counts_equal_the_tokenizers_on_random_texts(backend, spec, texts):
     assert PieceCounts(spec, backend.encode_batch_fast).count(texts) == _library_counts(backend, texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(TEXTS)
+def test_pieces_are_the_text_cut_before_each_space_that_starts_one(spec, text):
+    # The first form of the cut: zero-width, before the space; the cache keys a piece after a
+    # space by its text after the space, which the split drops.
+    added = sorted({t["content"] for t in spec["added_tokens"]}, key=len)
+    before_space = re.compile(f"(?= (?!{'|'.join(map(re.escape, added))})[!-~])")
+    first, *rest = PieceCounts(spec, None)._space_before_piece.split(text)
+    assert [first, *(" " + part for part in rest)] == before_space.split(text)
+
+
+def test_piece_counts_of_known_and_new_pieces_in_one_batch(backend, spec):
+    pieces = PieceCounts(spec, backend.encode_batch_fast)
+    pieces.count(HARD_TEXTS[:5])
+    texts = HARD_TEXTS[:5] + ["known and new 🙂 pieces"] + HARD_TEXTS
+    assert pieces.count(texts) == _library_counts(backend, texts)
 
 
 @pytest.mark.parametrize(
