@@ -2,6 +2,7 @@
 
 import random
 import re
+import unicodedata
 import zlib
 
 import pytest
@@ -14,7 +15,7 @@ from services.dataprep.dedup import (
     NearDuplicateIndex,
     content_key,
     example_text,
-    words,
+    word_bytes,
 )
 from services.dataprep.examples import Example
 from services.shared.errors import InvalidArgument
@@ -41,6 +42,8 @@ def test_batched_signatures_are_datasketchs_minhash_values(shingle_size, num_per
     hasher = MinHasher(shingle_size=shingle_size, num_perm=num_perm, seed=7)
     batched = hasher.signatures(texts)
     assert batched.shape == (len(texts), num_perm)
+    hasher.CHUNK_SHINGLES = 100  # many chunks, cut after a text
+    assert (hasher.signatures(texts) == batched).all()
     for row, text in zip(batched, texts, strict=True):
         reference = MinHash(num_perm=num_perm, seed=7, hashfunc=zlib.crc32)
         reference.update_batch(hasher.shingles(text))
@@ -241,14 +244,35 @@ def test_conflicts_are_ordered_and_truncated():
     assert ConflictDetector().conflicts() == []
 
 
+def _first_words(text: str) -> list[bytes]:
+    return [word.encode() for word in re.findall(r"\w+", text)]
+
+
 def test_words_are_the_word_pattern_s_runs():
-    """The ASCII shortcut of `words` reads the same words as the \\w+ pattern, on every ASCII
+    """The ASCII shortcut of `word_bytes` reads the same words as the \\w+ pattern, on every ASCII
     character (controls, separators, punctuation) and on text that is not ASCII."""
     rng = random.Random(7)
     ascii_chars = [chr(c) for c in range(128)]
     others = ["é", "ß", "東", "\u00a0", "\u2028", "١", "_", "İ"]
     for _ in range(20_000):
         text = "".join(rng.choice(ascii_chars) for _ in range(rng.randrange(30)))
-        assert words(text) == re.findall(r"\w+", text), repr(text)
+        assert word_bytes(text) == _first_words(text), repr(text)
         mixed = text + rng.choice(others) + text[::-1]
-        assert words(mixed) == re.findall(r"\w+", mixed), repr(mixed)
+        assert word_bytes(mixed) == _first_words(mixed), repr(mixed)
+
+
+@pytest.mark.parametrize("shingle_size", [1, 2, 3])
+def test_shingles_are_the_folded_words_joined_then_encoded(shingle_size):
+    """Shingles joined as bytes are the first form's: the folded text's words, joined, encoded."""
+    rng = random.Random(shingle_size)
+    chars = [chr(c) for c in range(128)] + ["é", "ß", "東", "\u00a0", "ﬁ", "İ", "Ⅻ"]
+    hasher = MinHasher(shingle_size=shingle_size)
+    for _ in range(5_000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randrange(40)))
+        tokens = re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold())
+        if len(tokens) <= shingle_size:
+            first = [" ".join(tokens).encode()]
+        else:
+            grams = zip(*(tokens[i:] for i in range(shingle_size)), strict=False)
+            first = [" ".join(gram).encode() for gram in grams]
+        assert hasher.shingles(text) == first, repr(text)
