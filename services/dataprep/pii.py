@@ -173,10 +173,12 @@ class PiiAnonymizer:
         for recognizer in recognizers:
             registry.add_recognizer(recognizer)
         # Without NER every recogniser is screened: a text that passes no screen has no findings.
+        # Each screen with the digits a text needs to pass it: most texts have too few for most
+        # screens, which are then not called at all (~4 us less per text).
         self._screens = (
             None
             if any(not isinstance(r, rec.Screened) for r in recognizers)
-            else [r.screen for r in recognizers]
+            else [(r.min_digits, r.screen) for r in recognizers]
         )
         self._nlp_engine = engines.ModelEngine() if use_ner else engines.TokenizerEngine()
         self._analyzer = engines.Analyzer(
@@ -213,8 +215,10 @@ class PiiAnonymizer:
         return list(self._analyze(text))
 
     def _analyze(self, text: str) -> tuple[Finding, ...]:
-        if self._screens is not None and not any(screen(text) for screen in self._screens):
-            return ()
+        if self._screens is not None:
+            digits = rec.digit_count(text)
+            if not any(screen(text) for min_digits, screen in self._screens if digits >= min_digits):
+                return ()
         results = self._analyzer.analyze(
             text=text,
             language=self.language,

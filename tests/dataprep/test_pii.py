@@ -392,3 +392,22 @@ def test_the_analyzers_shortcuts_change_nothing(fast, corpus):
         ]
 
     assert analyzed(fast._analyzer) == analyzed(plain)
+
+
+def test_screens_skipped_for_too_few_digits_change_nothing(fast, corpus):
+    """Without NER, a text is screened only by the recognisers whose screens its digits allow; with
+    every text sent to Presidio the findings are the same. Each recogniser's `min_digits` is its
+    screen's: no text with fewer digits passes it."""
+    from services.dataprep import pii_recognizers as rec
+    from tests.dataprep.test_pii_recognizers import TICKETS, _texts
+
+    texts = [row["text"] for row in corpus] + TICKETS + _texts()[-3000:]
+    texts += ["IP ::1 and fe80::1", "On March 5 at 10:30", "a.b.co", "x@y.io", "Dear Anna Smith", "9 or 12 digits"]
+    unscreened = PiiAnonymizer(use_ner=False)
+    unscreened._screens = None
+    assert [fast._analyze(text) for text in texts] == [unscreened._analyze(text) for text in texts]
+    for recognizer in fast._analyzer.registry.recognizers:
+        for text in texts:
+            if rec.digit_count(text) < recognizer.min_digits:
+                assert not recognizer.could_match(text), (recognizer.name, text)
+

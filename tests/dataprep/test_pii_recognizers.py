@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import string
 
 import pytest
 
@@ -52,9 +53,21 @@ def texts() -> list[str]:
     return _texts()
 
 
+def _ascii_texts() -> list[str]:
+    """Soup of the ASCII pieces and every ASCII letter: the screens read ASCII text with patterns of
+    their own."""
+    rng = random.Random(13)
+    pieces = [piece for piece in PIECES if piece.isascii()] + list(string.ascii_letters)
+    return ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 30))) for _ in range(10_000)]
+
+
 def test_the_cue_screen_passes_what_the_plain_screen_passes(texts):
     assert [rec._may_have_cue_before_capital(t) for t in texts] == [_plain_cue_screen(t) for t in texts]
     assert 1000 < sum(map(rec._may_have_cue_before_capital, texts)) < len(texts) - 1000
+    ascii_texts = _ascii_texts()
+    passed = [rec._may_have_cue_before_capital(t) for t in ascii_texts]
+    assert passed == [_plain_cue_screen(t) for t in ascii_texts]
+    assert 200 < sum(passed) < len(passed) - 1000
 
 
 def test_the_cue_screen_passes_every_cue_before_a_capital(texts):
@@ -70,7 +83,9 @@ def test_the_name_screen_passes_what_the_plain_screen_passes(texts):
     names_in_soup = [*PIECES, *sorted(names)[:50], *sorted(ambiguous)[:20]]
     rng = random.Random(12)
     more = ["".join(rng.choice(names_in_soup) for _ in range(rng.randrange(1, 12))) for _ in range(5000)]
-    for text in texts + more:
+    ascii_names = [piece for piece in names_in_soup if piece.isascii()]
+    more += ["".join(rng.choice(ascii_names) for _ in range(rng.randrange(1, 12))) for _ in range(5000)]
+    for text in texts + more + _ascii_texts():
         assert rec.has_known_name(text, names, ambiguous) == _plain_known_name(text, names, ambiguous), text
 
 
@@ -85,6 +100,18 @@ TICKETS = [
 ]
 
 
+# What the date and ID screens look for, and the near misses they let through or refuse.
+DATES_AND_IDS = [
+    "Due 5 March, then March 2024, Mar. 5th, 2024, the 3rd of April and 12-MAR-2024 or 12-Mar-24.",
+    "Dates 2024-03-05, 2024/3/5 08:00, 5/3/24, 05-03-2024, 5.3.2024, 05.03.24 and Tue, Dec 3",
+    "Maria at the Market decided in Maybe; May 2, 2023 and 4 June.",
+    "Call 555-123-4567 or 1-800-555-0199, version 4.2.17, ratio 3/4",
+    "my account no. 12345678, acct # 1234-5678, bank account number: 9876 5432 10, account 1234",
+    "Passport no. A2345678, driver's licence D1234567, driving license: 12-3456-78, DL 99887766",
+    "Handle it on my account (order 12345); the ACCOUNT NUMBER 123456789 and Acct No 55667788",
+]
+
+
 def _findings(recognizer, texts: list[str]) -> list[list[tuple]]:
     rec._cues_before_capitals.cache_clear()
     entities = recognizer.supported_entities
@@ -95,7 +122,7 @@ def _findings(recognizer, texts: list[str]) -> list[list[tuple]]:
 def test_screens_refuse_no_text_with_a_finding(texts, recognizer, monkeypatch):
     """Each recogniser with its screen, and with screens that pass everything: the same findings."""
     recognizer.load()
-    sample = TICKETS + PHONE_CASES + texts[:3000]
+    sample = TICKETS + PHONE_CASES + DATES_AND_IDS + texts[:3000]
     screened = _findings(recognizer, sample)
     monkeypatch.setattr(recognizer, "screen", lambda text: True)
     monkeypatch.setattr(rec, "_may_have_cue_before_capital", lambda text: True)  # CuePerson's inner screen
