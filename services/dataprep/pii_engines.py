@@ -85,13 +85,15 @@ class TokenizerEngine(SpacyNlpEngine):
 
     Presidio reads each lemma's stop-word and punctuation flags from the vocabulary to pick the
     keywords around a finding; they depend on the string alone, so they are remembered per lemma
-    (up to LEXEME_FLAGS lemmas; this engine has one language)."""
+    (up to LEXEME_FLAGS lemmas; this engine has one language), and so are the keywords each lemma
+    gives (`keywords`)."""
 
     LEXEME_FLAGS = 1 << 16
 
     def load(self) -> None:
         self.nlp = {"en": spacy.blank("en")}
         self._flags: dict[str, tuple[bool, bool]] = {}
+        self._keyword_parts: dict[str, tuple[str, ...]] = {}
 
     def _lexeme_flags(self, word: str, language: str) -> tuple[bool, bool]:
         flags = self._flags.get(word)
@@ -109,12 +111,27 @@ class TokenizerEngine(SpacyNlpEngine):
     def is_punct(self, word: str, language: str) -> bool:
         return self._lexeme_flags(word, language)[1]
 
+    def keywords(self, lemmas: list[str], language: str) -> list[str]:
+        """`NlpArtifacts.set_keywords(self, lemmas, language)`: it filters and splits each lemma on
+        its own, so its keywords are the concatenation of each lemma's, remembered per lemma."""
+        parts = self._keyword_parts
+        keywords: list[str] = []
+        for lemma in lemmas:
+            found = parts.get(lemma)
+            if found is None:
+                found = tuple(NlpArtifacts.set_keywords(self, [lemma], language))
+                if len(parts) >= self.LEXEME_FLAGS:
+                    parts = self._keyword_parts = {}  # a new dict: another thread may be reading the old one
+                parts[lemma] = found
+            keywords.extend(found)
+        return keywords
+
     def _doc_to_nlp_artifact(self, doc, language: str) -> NlpArtifacts:
         # Each token's text, offset and lower-case form, read as arrays: no Token object per token.
         # Only context enhancement reads them, and a token's text serves it as well as the Token.
         columns = doc.to_array([ORTH, IDX, LOWER]).tolist() if len(doc) else []
         strings = doc.vocab.strings
-        return NlpArtifacts(
+        return _TokenArtifacts(
             entities=[],
             tokens=[strings[orth] for orth, _, _ in columns],
             tokens_indices=[idx for _, idx, _ in columns],
@@ -123,6 +140,14 @@ class TokenizerEngine(SpacyNlpEngine):
             language=language,
             scores=[],
         )
+
+
+class _TokenArtifacts(NlpArtifacts):
+    """NlpArtifacts whose keywords come from `TokenizerEngine.keywords` (Presidio's, per lemma)."""
+
+    @staticmethod
+    def set_keywords(nlp_engine, lemmas, language):
+        return nlp_engine.keywords(lemmas, language)
 
 
 class WordScreenedEnhancer(LemmaContextAwareEnhancer):

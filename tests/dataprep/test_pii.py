@@ -411,3 +411,14 @@ def test_screens_skipped_for_too_few_digits_change_nothing(fast, corpus):
             if rec.digit_count(text) < recognizer.min_digits:
                 assert not recognizer.could_match(text), (recognizer.name, text)
 
+
+def test_the_tokenizer_engine_remembers_each_lemmas_keywords(fast, corpus):
+    """The keywords of a tokenized text, remembered per lemma, are Presidio's for the whole text."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    engine = fast._nlp_engine
+    texts = [row["text"] for row in corpus] + ["Be the -PRON- a:b:c, mr.:x ... IS be: BE", ""]
+    for _ in range(2):  # computed, then remembered
+        for text in texts:
+            artifacts = engine.process_text(text, "en")
+            assert artifacts.keywords == NlpArtifacts.set_keywords(engine, artifacts.lemmas, "en"), text
