@@ -83,33 +83,15 @@ class LazyArtifacts(NlpArtifacts):
 class TokenizerEngine(SpacyNlpEngine):
     """No model: spaCy's rule-based tokenizer, lower-cased words as lemmas (enough for context words).
 
-    Presidio reads each lemma's stop-word and punctuation flags from the vocabulary to pick the
-    keywords around a finding; they depend on the string alone, so they are remembered per lemma
-    (up to LEXEME_FLAGS lemmas; this engine has one language), and so are the keywords each lemma
-    gives (`keywords`)."""
+    Presidio picks the keywords around a finding lemma by lemma, from each one's stop-word and
+    punctuation flags in the vocabulary; they depend on the lemma alone, so each lemma's keywords are
+    remembered (`keywords`, up to LEMMAS of them; this engine has one language)."""
 
-    LEXEME_FLAGS = 1 << 16
+    LEMMAS = 1 << 16
 
     def load(self) -> None:
         self.nlp = {"en": spacy.blank("en")}
-        self._flags: dict[str, tuple[bool, bool]] = {}
         self._keyword_parts: dict[str, tuple[str, ...]] = {}
-
-    def _lexeme_flags(self, word: str, language: str) -> tuple[bool, bool]:
-        flags = self._flags.get(word)
-        if flags is None:
-            lexeme = self.nlp[language].vocab[word]
-            flags = (lexeme.is_stop, lexeme.is_punct)
-            if len(self._flags) >= self.LEXEME_FLAGS:
-                self._flags = {}  # a new dict: another thread may be reading the old one
-            self._flags[word] = flags
-        return flags
-
-    def is_stopword(self, word: str, language: str) -> bool:
-        return self._lexeme_flags(word, language)[0]
-
-    def is_punct(self, word: str, language: str) -> bool:
-        return self._lexeme_flags(word, language)[1]
 
     def keywords(self, lemmas: list[str], language: str) -> list[str]:
         """`NlpArtifacts.set_keywords(self, lemmas, language)`: it filters and splits each lemma on
@@ -120,7 +102,7 @@ class TokenizerEngine(SpacyNlpEngine):
             found = parts.get(lemma)
             if found is None:
                 found = tuple(NlpArtifacts.set_keywords(self, [lemma], language))
-                if len(parts) >= self.LEXEME_FLAGS:
+                if len(parts) >= self.LEMMAS:
                     parts = self._keyword_parts = {}  # a new dict: another thread may be reading the old one
                 parts[lemma] = found
             keywords.extend(found)

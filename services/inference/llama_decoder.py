@@ -171,8 +171,6 @@ def _allowed(mask: torch.Tensor, new: int) -> torch.Tensor:
     alone (its output is never used, and a row of nothing but masked keys would be NaN)."""
     total = mask.shape[1]
     keys = mask.bool()[:, None, None, :]
-    if new == 1:
-        return keys
     query_at = torch.arange(total - new, total)[:, None]
     key_at = torch.arange(total)[None, :]
     return (keys & (key_at <= query_at)) | (key_at == query_at)
