@@ -33,6 +33,20 @@ windows of the text instead, and only where a window's digits are enough for the
   and the national-prefix test of Leniency.VALID) read the number, the candidate and the text, not
   the region. So such a candidate's verdict is remembered across regions (`_region_free_verdict`),
   keyed by the candidate and the characters around it.
+* **National numbers no region of the country has.** A candidate of ASCII digits and the separators
+  `NATIONAL_SEPARATORS`, without a "+" and not starting with the region's international prefix, is
+  read as a number of the region's own country: parse strips, at most, the country code and the
+  national prefix from its digits (`national_forms`), and the number is valid only if what is left
+  fully matches a number type (fixed line, mobile, toll free...) of a region sharing that country
+  code (`_number_type_helper`). When none of those forms matches any of those patterns
+  (`_type_pattern`, all of them in one expression per length) the candidate is refused without
+  parsing it. The 16 digits of a card number, an order number or a US number read in France end
+  here. Where the national prefix rewrites digits (`national_prefix_transform_rule`, as in
+  Argentina and Brazil) the forms are rewritten as parse rewrites them.
+* **Windows no region can read.** Until it parses, a matcher reads only the text, so the candidates
+  (and groups inside them) it would parse in a window where nothing matches are the same in every
+  region (`window_candidates`, found once). A region that refuses each of them without parsing
+  (too few digits, no number type fits) finds nothing there, and runs no matcher on the window.
 
 The matcher gives up after 65,535 failed parses in one text; a window's matcher counts its own. A
 text could only come near that if its windows were long: each failed candidate costs at most
@@ -49,7 +63,7 @@ from collections.abc import Iterable
 from functools import cache, lru_cache
 
 import phonenumbers
-from phonenumbers import Leniency, PhoneNumberMatch, PhoneNumberMatcher, phonenumberutil
+from phonenumbers import Leniency, PhoneMetadata, PhoneNumberMatch, PhoneNumberMatcher, phonenumberutil
 
 # Letters no candidate of PhoneNumberMatcher's pattern can hold (the pattern is case-insensitive;
 # its letters are those of "x", "ext", "extension", "anexo", "int" and the full-width / Cyrillic
@@ -156,6 +170,96 @@ def region_free(candidate: str) -> bool:
     return True
 
 
+# Characters a candidate may hold, besides ASCII digits, for `could_be_valid` to read it: parse drops
+# them (no extension, RFC 3966 or letter-to-digit reading needs anything else: ",", ";", "#", "~",
+# letters and "+" all go to the full parse).
+NATIONAL_SEPARATORS = " -.()/"
+_NATIONAL_CANDIDATE = re.compile(r"[0-9" + re.escape(NATIONAL_SEPARATORS) + r"]+")
+_NOT_A_DIGIT = re.compile(r"[^0-9]")
+# The number types _number_type_helper tries.
+_TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+          "voicemail", "fixed_line", "mobile")  # fmt: skip
+
+
+def _fits(desc, length: int) -> bool:
+    """`_is_number_matching_desc`'s length test: no lengths listed means any."""
+    return not desc.possible_length or length in desc.possible_length
+
+
+@cache
+def _type_pattern(country_code: int, length: int) -> re.Pattern | None:
+    """An expression every valid national number of `length` digits of `country_code` fully matches:
+    each number type's pattern, of every region with that code, that allows the length (None: no
+    number of that length is valid there)."""
+    patterns = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        metadata = PhoneMetadata.metadata_for_region(region)
+        if metadata is None or not _fits(metadata.general_desc, length):
+            continue
+        for name in _TYPES:
+            desc = getattr(metadata, name)
+            if desc is not None and desc.national_number_pattern and _fits(desc, length):
+                patterns.append(desc.national_number_pattern)
+    return re.compile("|".join(f"(?:{pattern})" for pattern in dict.fromkeys(patterns))) if patterns else None
+
+
+@cache
+def _region_reading(region: str) -> tuple:
+    """(country code, its digits, the region's international prefix, its metadata and the country's
+    main region's) for `could_be_valid`: parse strips the national prefix of the region, then, after
+    a country code, of the main region."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    main = phonenumbers.region_code_for_country_code(metadata.country_code)
+    readers = [metadata] if main == region else [metadata, PhoneMetadata.metadata_for_region(main)]
+    idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    return metadata.country_code, str(metadata.country_code), idd, readers
+
+
+def _strip(reader, digits: str) -> str:
+    """`digits` without the national prefix (and carrier code) as parse takes it off when it does
+    (`_maybe_strip_national_prefix_carrier_code`), rewritten by the transform rule where there is one."""
+    if not reader.national_prefix_for_parsing:
+        return digits
+    prefix = re.compile(reader.national_prefix_for_parsing)
+    match = prefix.match(digits)
+    if match is None:
+        return digits
+    rule = reader.national_prefix_transform_rule
+    if rule and prefix.groups and match.group(prefix.groups) is not None:
+        return prefix.sub(rule, digits, count=1)
+    return digits[match.end() :]
+
+
+def national_forms(digits: str, reading: tuple) -> set[str]:
+    """Every national significant number parse can make of `digits` in the region (read as one of
+    its own country's numbers): as written or without the country code, each with or without the
+    national prefix (the region's, then the main region's after a country code). parse chooses among
+    them; this is a superset."""
+    _, code, _, readers = reading
+    forms = {digits, _strip(readers[0], digits)}
+    if digits.startswith(code):
+        rest = digits[len(code) :]
+        stripped = {rest, _strip(readers[0], rest)}
+        forms |= stripped | {_strip(readers[-1], form) for form in stripped}
+    return forms
+
+
+def could_be_valid(candidate: str, region: str) -> bool:
+    """False only if `parse(candidate, region)` cannot give a valid number (see the module's doc)."""
+    if not _NATIONAL_CANDIDATE.fullmatch(candidate):
+        return True
+    reading = _region_reading(region)
+    digits = _NOT_A_DIGIT.sub("", candidate)
+    country_code, _, idd, _ = reading
+    if idd is not None and idd.match(digits):
+        return True  # an international prefix: the number may be any country's
+    for form in national_forms(digits, reading):
+        pattern = _type_pattern(country_code, len(form))
+        if pattern is not None and pattern.fullmatch(form):
+            return True
+    return False
+
+
 # (candidate, character before it, character after it, leniency) -> the matched number, or None
 # when the matcher refuses the candidate; "" for the start or end of the text. Bounded like
 # tokens.PieceCounts: past the limit it starts again.
@@ -168,14 +272,16 @@ class _ScreenedMatcher(PhoneNumberMatcher):
     """PhoneNumberMatcher, except that a candidate (or a group inside one) with fewer digits than the
     shortest number valid in the region is refused without parsing it: the matcher would parse it
     and find it invalid. Letters count as digits here, as parsing may read them so ("1-800-FLOWERS").
-    A candidate whose parse does not depend on the region is verified once for all regions."""
+    A candidate whose parse does not depend on the region is verified once for all regions; one read
+    as a national number that no number type of the region's country fits (`could_be_valid`) is
+    refused without parsing it."""
 
     def __init__(self, text: str, region: str, leniency: int, min_digits: int):
         super().__init__(text, region, leniency=leniency)
         self._min_digits = min_digits
 
     def _parse_and_verify(self, candidate, offset):
-        if sum(map(str.isalnum, candidate)) < self._min_digits:
+        if not may_be_valid(candidate, self.preferred_region, self._min_digits):
             return None
         if not region_free(candidate):
             return super()._parse_and_verify(candidate, offset)
@@ -192,9 +298,47 @@ class _ScreenedMatcher(PhoneNumberMatcher):
         return match
 
 
+def may_be_valid(candidate: str, region: str, min_digits: int) -> bool:
+    """False where `_ScreenedMatcher` refuses `candidate` without parsing it: too few digits, or a
+    national number no number type of the region's country fits. A candidate that parses the same
+    in every region (`region_free`) is not refused here."""
+    return sum(map(str.isalnum, candidate)) >= min_digits and (
+        region_free(candidate) or could_be_valid(candidate, region)
+    )
+
+
+class _Recorder(PhoneNumberMatcher):
+    """A matcher that refuses every candidate and keeps them: what PhoneNumberMatcher hands to
+    `_parse_and_verify` in a text where nothing matches. Up to that call the matcher reads only the
+    text (its pattern, dates, time stamps, groups inside a candidate), never the region."""
+
+    def __init__(self, text: str):
+        super().__init__(text, None, leniency=Leniency.VALID)
+        self.seen: list[str] = []
+
+    def _parse_and_verify(self, candidate, offset):
+        self.seen.append(candidate)
+        return None
+
+
+@lru_cache(maxsize=WINDOW_MEMO)
+def window_candidates(window: str) -> tuple[str, ...]:
+    """Every candidate and group a matcher parses in `window` when none of them is a number, in
+    order; the same in every region (memoised: each region asks)."""
+    recorder = _Recorder(window)
+    for _ in recorder:
+        raise AssertionError("the recorder matched")  # pragma: no cover (it refuses everything)
+    return tuple(recorder.seen)
+
+
 @lru_cache(maxsize=WINDOW_MEMO)
 def _window_matches(window: str, region: str, leniency: int) -> tuple[PhoneNumberMatch, ...]:
-    return tuple(_ScreenedMatcher(window, region, leniency, shortest_number(region)))
+    min_digits = shortest_number(region)
+    # A region that refuses each candidate unparsed finds nothing: its matcher would run the same
+    # searches, reach the same candidates and parse none of them. Only the other regions run one.
+    if not any(may_be_valid(candidate, region, min_digits) for candidate in window_candidates(window)):
+        return ()
+    return tuple(_ScreenedMatcher(window, region, leniency, min_digits))
 
 
 class ValidNumberFinder:

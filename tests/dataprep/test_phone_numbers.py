@@ -58,6 +58,19 @@ def finder() -> ValidNumberFinder:
     return ValidNumberFinder(REGIONS, leniency=1)
 
 
+def parses(monkeypatch) -> list[tuple[str, str | None]]:
+    """From now on, every (candidate, region) the matchers parse, in order."""
+    parsed = []
+    parse = phonenumbermatcher.parse
+
+    def counted(number, region, **kwargs):
+        parsed.append((number, region))
+        return parse(number, region, **kwargs)
+
+    monkeypatch.setattr(phonenumbermatcher, "parse", counted)
+    return parsed
+
+
 def test_cut_letters_are_not_in_the_matchers_pattern():
     """The windows rest on this: no candidate holds a cut letter, in either case."""
     pattern = phonenumbermatcher._PATTERN
@@ -127,14 +140,8 @@ def test_windows_and_regions_with_too_few_digits_are_not_parsed(finder, monkeypa
     """A card number lets every region's matcher run on the text; the small numbers beside it, and
     the four-digit groups inside it, are not parsed where they cannot be valid."""
     text = "I paid with 4111 1111 1111 1111 on the 5th, 12 days ago, for 3 seats in row 18."
-    parsed = []
-    parse = phonenumbermatcher.parse
-
-    def counted(number, region, **kwargs):
-        parsed.append((number, region))
-        return parse(number, region, **kwargs)
-
-    monkeypatch.setattr(phonenumbermatcher, "parse", counted)
+    parsed = parses(monkeypatch)
+    monkeypatch.setattr(phone_numbers, "could_be_valid", lambda candidate, region: True)  # digits alone
     plain = [_plain(text, region) for region in ValidPhoneRecognizer.REGIONS]
     plain_parses, parsed[:] = len(parsed), []
     phone_numbers._window_matches.cache_clear()
@@ -143,6 +150,97 @@ def test_windows_and_regions_with_too_few_digits_are_not_parsed(finder, monkeypa
     # Four-digit groups of the card only where numbers can be that short (DE: 4 digits).
     assert {region for number, region in parsed if len(number) == 4} == {"DE"}
     assert len(parsed) < plain_parses / 2, (len(parsed), plain_parses)
+
+
+def test_national_numbers_no_number_type_fits_are_not_parsed(finder, monkeypatch):
+    """The card number and the order number are read as national numbers in each region: no number
+    type of the region's country has them (Brazil and Argentina, whose national prefixes rewrite
+    digits, included), so no region parses them; the US number is parsed where some number type
+    has its shape."""
+    text = "Card 4111 1111 1111 1111, order 48213, call 650 253 0000."
+    parsed = parses(monkeypatch)
+    plain = [_plain(text, region) for region in REGIONS]
+    assert any(plain)
+    parsed.clear()
+    phone_numbers._window_matches.cache_clear()
+    assert [finder.matches(text, region) for region in REGIONS] == plain
+    assert not [region for number, region in parsed if number in ("4111 1111 1111 1111", "48213")]
+    us_parsed = {region for number, region in parsed if number == "650 253 0000"}
+    assert "US" in us_parsed and "FR" not in us_parsed and len(us_parsed) < len(REGIONS)
+
+
+def test_a_window_no_region_can_read_runs_no_matcher(finder, monkeypatch):
+    """Matchers run only in the regions that would parse one of a window's candidates: the card's
+    window runs none; the US number's runs in the regions where it fits some number type."""
+    built = []
+
+    class Counted(phone_numbers._ScreenedMatcher):
+        def __init__(self, text, region, leniency, min_digits):
+            built.append((text, region))
+            super().__init__(text, region, leniency, min_digits)
+
+    monkeypatch.setattr(phone_numbers, "_ScreenedMatcher", Counted)
+    phone_numbers._window_matches.cache_clear()
+    text = "Card 4111 1111 1111 1111; call 650 253 0000."
+    assert [finder.matches(text, region) for region in REGIONS] == [_plain(text, region) for region in REGIONS]
+    # The whole card, then its groups (the matcher's inner matches), as the matcher would parse them.
+    assert phone_numbers.window_candidates("d 4111 1111 1111 1111; c") == ("4111 1111 1111 1111", "4111", *["1111"] * 3)
+    assert not [region for window, region in built if "4111" in window]
+    regions = {region for window, region in built if "650" in window}
+    assert regions == {region for region in REGIONS if phone_numbers.could_be_valid("650 253 0000", region)}
+    assert "US" in regions and "FR" not in regions
+
+
+def _variants(number: phonenumbers.PhoneNumber, rng: random.Random) -> list[str]:
+    """The ways a number is written without a "+": national, international, E.164 digits, its national
+    number with the country code before it, and its digits regrouped with random separators."""
+    forms = [
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL),
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL).lstrip("+"),
+        phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).lstrip("+"),
+    ]
+    digits = re.sub(r"\D", "", forms[0])
+    separated = (ch + (rng.choice(phone_numbers.NATIONAL_SEPARATORS) if rng.random() < 0.3 else "") for ch in digits)
+    forms.append("".join(separated))
+    return forms
+
+
+def test_could_be_valid_never_refuses_a_valid_number():
+    """Every region's example number of every type, written every way without a "+", in its own
+    region and in the others of REGIONS: whenever parse gives a valid number, could_be_valid says
+    it may. And it refuses most random digit strings."""
+    rng = random.Random(11)
+    regions = sorted(phonenumbers.SUPPORTED_REGIONS)
+    checked = refused = 0
+    for region in regions:
+        for kind in phonenumbers.PhoneNumberType.values():
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            for candidate in _variants(example, rng):
+                for reader in (region, rng.choice(REGIONS), rng.choice(regions)):
+                    number = _parsed(candidate, reader)
+                    valid = not isinstance(number, int) and phonenumbers.is_valid_number(number)
+                    if valid:
+                        checked += 1
+                        assert phone_numbers.could_be_valid(candidate, reader), (candidate, reader, kind)
+    assert checked > 1500
+    for _ in range(3000):
+        candidate = str(rng.randrange(10 ** rng.randrange(4, 17)))
+        region = rng.choice(REGIONS)
+        number = _parsed(candidate, region)
+        if not isinstance(number, int) and phonenumbers.is_valid_number(number):
+            assert phone_numbers.could_be_valid(candidate, region), (candidate, region)
+        refused += not phone_numbers.could_be_valid(candidate, region)
+    assert refused > 1500
+
+
+def test_could_be_valid_reads_only_plain_national_candidates():
+    """A "+", letters, an extension or another script go to the full parse."""
+    for candidate in ["+1 650 253 0000", "1-800-FLOWERS", "650 253 0000 x12", "650 253 0000#", "٠٧٩٤٦٠٩٥٨"]:
+        assert phone_numbers.could_be_valid(candidate, "FR")
+    assert not phone_numbers.could_be_valid("4111 1111 1111 1111", "FR")
+    assert phone_numbers.could_be_valid("011 44 20 7946 0958", "US")  # an international prefix: any country
 
 
 def test_leniency_below_valid_is_refused():
@@ -188,18 +286,12 @@ def test_region_free_candidates_parse_the_same_in_every_region():
 
 def test_a_number_with_a_country_code_is_parsed_once_for_every_region(finder, monkeypatch):
     text = "Please call me back on +1 650 253 0000 or +44 20 7946 0958, not +999 650 253 0000."
-    parsed = []
-    parse = phonenumbermatcher.parse
-
-    def counted(number, region, **kwargs):
-        parsed.append(number)
-        return parse(number, region, **kwargs)
-
-    monkeypatch.setattr(phonenumbermatcher, "parse", counted)
+    calls = parses(monkeypatch)
     plain = [_plain(text, region) for region in REGIONS]
-    parsed.clear()
+    calls.clear()
     phone_numbers._window_matches.cache_clear()
     phone_numbers._REGION_FREE_VERDICTS.clear()
     assert [finder.matches(text, region) for region in REGIONS] == plain
+    parsed = [number for number, _ in calls]
     assert parsed.count("+1 650 253 0000") == 1 and parsed.count("+44 20 7946 0958") == 1
     assert parsed.count("+999 650 253 0000") == len(REGIONS)  # an unknown country code: per region
