@@ -121,11 +121,12 @@ async def test_health_and_reflection_need_no_token(server):
 async def test_trace_context_crosses_a_grpc_call():
     """A span started by the caller is the parent of the span the server's handler runs in."""
     from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
 
-    from services.shared.telemetry import setup_tracing, tracer
+    from services.shared.telemetry import tracer
 
     if not hasattr(trace.get_tracer_provider(), "add_span_processor"):
-        setup_tracing(Settings(), "test")
+        trace.set_tracer_provider(TracerProvider())  # what setup_tracing installs with an endpoint
     seen = {}
 
     class Tracing(evaluation_pb2_grpc.EvaluationServicer):
@@ -146,6 +147,57 @@ async def test_trace_context_crosses_a_grpc_call():
     finally:
         await running.stop(grace=0)
     assert caller_trace != 0 and seen["trace_id"] == caller_trace
+
+
+_UNTRACED_CALL = """
+import asyncio, sys
+from opentelemetry import context, trace
+from protos import evaluation_pb2, evaluation_pb2_grpc
+from services.shared.rpc import open_channel, start_server
+from services.shared.settings import Settings
+from services.shared.telemetry import extract_trace, setup_tracing
+
+assert setup_tracing(Settings(otlp_endpoint=None), "test") is None
+assert not hasattr(trace.get_tracer_provider(), "add_span_processor")  # OpenTelemetry's default
+seen = {}
+
+class Server(evaluation_pb2_grpc.EvaluationServicer):
+    async def ComputeMetrics(self, request, context):
+        span = trace.get_current_span().get_span_context()
+        seen["trace"] = (format(span.trace_id, "032x"), span.is_valid)
+        return evaluation_pb2.ComputeMetricsResponse()
+
+async def main():
+    def register(server):
+        evaluation_pb2_grpc.add_EvaluationServicer_to_server(Server(), server)
+        return ["tuneloop.v1.Evaluation"]
+    running = await start_server(host="127.0.0.1", port=0, internal_token="", register=register)
+    try:
+        token = context.attach(extract_trace({"traceparent": sys.argv[1]}))
+        async with open_channel(f"127.0.0.1:{running.port}", Settings()) as channel:
+            await evaluation_pb2_grpc.EvaluationStub(channel).ComputeMetrics(evaluation_pb2.ComputeMetricsRequest())
+        context.detach(token)
+    finally:
+        await running.stop(grace=0)
+    print(*seen["trace"])
+
+asyncio.run(main())
+"""
+
+
+def test_without_an_otlp_endpoint_no_spans_are_recorded_and_the_callers_trace_still_passes_through():
+    """A process of its own: the tracer provider is process-wide, and other tests install one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    done = subprocess.run(
+        [sys.executable, "-c", _UNTRACED_CALL, f"00-{trace_id}-00f067aa0ba902b7-01"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [trace_id, "True"]
 
 
 async def test_a_second_server_on_a_taken_port_fails_to_bind_instead_of_sharing_it(server):
