@@ -204,11 +204,13 @@ def _type_pattern(country_code: int, length: int) -> re.Pattern | None:
 
 
 @cache
-def _region_reading(region: str) -> tuple:
+def _region_reading(region: str) -> tuple | None:
     """(country code, its digits, the region's international prefix, its metadata and the country's
     main region's) for `could_be_valid`: parse strips the national prefix of the region, then, after
-    a country code, of the main region."""
+    a country code, of the main region. None for a region phonenumbers does not know."""
     metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+        return None
     main = phonenumbers.region_code_for_country_code(metadata.country_code)
     readers = [metadata] if main == region else [metadata, PhoneMetadata.metadata_for_region(main)]
     idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
@@ -246,9 +248,9 @@ def national_forms(digits: str, reading: tuple) -> set[str]:
 
 def could_be_valid(candidate: str, region: str) -> bool:
     """False only if `parse(candidate, region)` cannot give a valid number (see the module's doc)."""
-    if not _NATIONAL_CANDIDATE.fullmatch(candidate):
-        return True
     reading = _region_reading(region)
+    if reading is None or not _NATIONAL_CANDIDATE.fullmatch(candidate):
+        return True
     digits = _NOT_A_DIGIT.sub("", candidate)
     country_code, _, idd, _ = reading
     if idd is not None and idd.match(digits):

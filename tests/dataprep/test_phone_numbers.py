@@ -241,6 +241,7 @@ def test_could_be_valid_reads_only_plain_national_candidates():
         assert phone_numbers.could_be_valid(candidate, "FR")
     assert not phone_numbers.could_be_valid("4111 1111 1111 1111", "FR")
     assert phone_numbers.could_be_valid("011 44 20 7946 0958", "US")  # an international prefix: any country
+    assert phone_numbers.could_be_valid("4111 1111 1111 1111", "XX")  # a region phonenumbers does not know
 
 
 def test_leniency_below_valid_is_refused():
