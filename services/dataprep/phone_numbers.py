@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import phonenumbers
@@ -203,46 +204,63 @@ def _type_pattern(country_code: int, length: int) -> re.Pattern | None:
     return re.compile("|".join(f"(?:{pattern})" for pattern in dict.fromkeys(patterns))) if patterns else None
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    """How parse takes a region's national prefix (and carrier code) off a number's digits
+    (`_maybe_strip_national_prefix_carrier_code`), when it does."""
+
+    pattern: re.Pattern | None
+    rule: str | None  # the transform rule that rewrites the digits instead, where the region has one
+
+    def strip(self, digits: str) -> str:
+        match = self.pattern.match(digits) if self.pattern is not None else None
+        if match is None:
+            return digits
+        if self.rule and self.pattern.groups and match.group(self.pattern.groups) is not None:
+            return self.pattern.sub(self.rule, digits, count=1)
+        return digits[match.end() :]
+
+
+def _prefix(metadata) -> _Prefix:
+    pattern = metadata.national_prefix_for_parsing
+    return _Prefix(re.compile(pattern) if pattern else None, metadata.national_prefix_transform_rule or None)
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What `could_be_valid` needs of a region: parse strips the region's national prefix, then,
+    after a country code, the national prefix of the country's main region."""
+
+    country_code: int
+    international_prefix: re.Pattern | None
+    own_prefix: _Prefix
+    main_prefix: _Prefix
+
+
 @cache
-def _region_reading(region: str) -> tuple | None:
-    """(country code, its digits, the region's international prefix, its metadata and the country's
-    main region's) for `could_be_valid`: parse strips the national prefix of the region, then, after
-    a country code, of the main region. None for a region phonenumbers does not know."""
+def _region_reading(region: str) -> _Reading | None:
+    """None for a region phonenumbers does not know."""
     metadata = PhoneMetadata.metadata_for_region(region)
     if metadata is None:
         return None
     main = phonenumbers.region_code_for_country_code(metadata.country_code)
-    readers = [metadata] if main == region else [metadata, PhoneMetadata.metadata_for_region(main)]
+    own = _prefix(metadata)
     idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
-    return metadata.country_code, str(metadata.country_code), idd, readers
+    main_prefix = own if main == region else _prefix(PhoneMetadata.metadata_for_region(main))
+    return _Reading(metadata.country_code, idd, own, main_prefix)
 
 
-def _strip(reader, digits: str) -> str:
-    """`digits` without the national prefix (and carrier code) as parse takes it off when it does
-    (`_maybe_strip_national_prefix_carrier_code`), rewritten by the transform rule where there is one."""
-    if not reader.national_prefix_for_parsing:
-        return digits
-    prefix = re.compile(reader.national_prefix_for_parsing)
-    match = prefix.match(digits)
-    if match is None:
-        return digits
-    rule = reader.national_prefix_transform_rule
-    if rule and prefix.groups and match.group(prefix.groups) is not None:
-        return prefix.sub(rule, digits, count=1)
-    return digits[match.end() :]
-
-
-def national_forms(digits: str, reading: tuple) -> set[str]:
+def national_forms(digits: str, reading: _Reading) -> set[str]:
     """Every national significant number parse can make of `digits` in the region (read as one of
     its own country's numbers): as written or without the country code, each with or without the
     national prefix (the region's, then the main region's after a country code). parse chooses among
     them; this is a superset."""
-    _, code, _, readers = reading
-    forms = {digits, _strip(readers[0], digits)}
+    forms = {digits, reading.own_prefix.strip(digits)}
+    code = str(reading.country_code)
     if digits.startswith(code):
         rest = digits[len(code) :]
-        stripped = {rest, _strip(readers[0], rest)}
-        forms |= stripped | {_strip(readers[-1], form) for form in stripped}
+        stripped = {rest, reading.own_prefix.strip(rest)}
+        forms |= stripped | {reading.main_prefix.strip(form) for form in stripped}
     return forms
 
 
@@ -252,11 +270,10 @@ def could_be_valid(candidate: str, region: str) -> bool:
     if reading is None or not _NATIONAL_CANDIDATE.fullmatch(candidate):
         return True
     digits = _NOT_A_DIGIT.sub("", candidate)
-    country_code, _, idd, _ = reading
-    if idd is not None and idd.match(digits):
+    if reading.international_prefix is not None and reading.international_prefix.match(digits):
         return True  # an international prefix: the number may be any country's
     for form in national_forms(digits, reading):
-        pattern = _type_pattern(country_code, len(form))
+        pattern = _type_pattern(reading.country_code, len(form))
         if pattern is not None and pattern.fullmatch(form):
             return True
     return False

@@ -178,7 +178,7 @@ class PiiAnonymizer:
         self._screens = (
             None
             if any(not isinstance(r, rec.Screened) for r in recognizers)
-            else [(r.min_digits, r.screen) for r in recognizers]
+            else [(r.MIN_DIGITS, r.screen) for r in recognizers]
         )
         self._nlp_engine = engines.ModelEngine() if use_ner else engines.TokenizerEngine()
         self._analyzer = engines.Analyzer(

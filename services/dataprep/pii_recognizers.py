@@ -82,11 +82,8 @@ class Screened:
 
     # (text, verdict), replaced whole, so threads that share the recogniser read a consistent pair.
     _last_screen: tuple[str | None, bool] = (None, False)
-
-    @property
-    def min_digits(self) -> int:
-        """`could_match` is False for every text with fewer digits (`digit_count`) than this."""
-        return 0
+    # `could_match` is False for every text with fewer digits (`digit_count`) than this.
+    MIN_DIGITS = 0
 
     def could_match(self, text: str) -> bool:
         return True
@@ -110,10 +107,6 @@ class DigitScreened(Screened):
 
     MIN_DIGITS = 1
     HINT: regex.Pattern | re.Pattern | None = None
-
-    @property
-    def min_digits(self) -> int:
-        return self.MIN_DIGITS
 
     def could_match(self, text: str) -> bool:
         return digit_count(text) >= self.MIN_DIGITS and (
@@ -199,17 +192,14 @@ class ValidPhoneRecognizer(Screened, PhoneRecognizer):
             leniency=1,
         )
         self.finder = phone_numbers.ValidNumberFinder(self.supported_regions, self.leniency)
-
-    @property
-    def min_digits(self) -> int:
-        return self.finder.fewest_digits
+        self.MIN_DIGITS = self.finder.fewest_digits
 
     def could_match(self, text: str) -> bool:
         # Counting all digits first is cheaper, and enough for most texts. Then the matches
         # themselves: a text whose only digits are an order number or a year then never reaches
         # Presidio on this recogniser's account, and `analyze` finds them again in the finder's memo.
         return (
-            digit_count(text) >= self.finder.fewest_digits
+            digit_count(text) >= self.MIN_DIGITS
             and self.finder.could_match(text)
             and any(self.finder.matches(text, region) for region in self.supported_regions)
         )
@@ -313,14 +303,10 @@ class ScreenedPatternRecognizer(Screened, PatternRecognizer):
     def __init__(self, *args, hint: re.Pattern | regex.Pattern | None = None, min_digits: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.hint = hint
-        self._min_digits = min_digits
-
-    @property
-    def min_digits(self) -> int:
-        return self._min_digits
+        self.MIN_DIGITS = min_digits
 
     def could_match(self, text: str) -> bool:
-        if self.min_digits and digit_count(text) < self.min_digits:
+        if self.MIN_DIGITS and digit_count(text) < self.MIN_DIGITS:
             return False
         return self.hint is None or self.hint.search(text) is not None
 

@@ -72,11 +72,14 @@ class LlamaDecoder:
         hidden = model.embed_tokens(ids)
         position_embeddings = model.rotary_emb(hidden, positions)
         # One query per row (a decoding step): attention as matmuls, with the mask as a bias to add.
-        allowed = _key_bias(mask) if ids.shape[1] == 1 else _allowed(mask, ids.shape[1])
+        if ids.shape[1] == 1:
+            attend, allowed = _one_query_attention, _key_bias(mask)
+        else:
+            attend, allowed = _prompt_attention, _allowed(mask, ids.shape[1])
         lora = {} if adapters is None else {"adapter_names": list(adapters)}
         for index, layer in enumerate(self._layers):
             hidden = hidden + self._attention(layer.self_attn, layer.input_layernorm(hidden), position_embeddings,
-                                              allowed, cache, index, lora)
+                                              attend, allowed, cache, index, lora)
             mlp = layer.mlp
             x = layer.post_attention_layernorm(hidden)
             gate, up = _project(mlp.gate_proj, x, lora), _project(mlp.up_proj, x, lora)
@@ -84,8 +87,8 @@ class LlamaDecoder:
         return self._model.lm_head(model.norm(hidden[:, -1:]))[:, -1]
 
     @staticmethod
-    def _attention(attention, x: torch.Tensor, position_embeddings, allowed: torch.Tensor, cache: Any, index: int,
-                   lora: dict) -> torch.Tensor:
+    def _attention(attention, x: torch.Tensor, position_embeddings, attend, allowed: torch.Tensor, cache: Any,
+                   index: int, lora: dict) -> torch.Tensor:
         rows, length = x.shape[:2]
         shape = (rows, length, -1, attention.head_dim)
         query = _project(attention.q_proj, x, lora).view(shape).transpose(1, 2)
@@ -94,11 +97,7 @@ class LlamaDecoder:
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         key, value = _append(cache, index, key, value)
-        if length == 1:
-            out = _one_query_attention(query, key, value, allowed, attention.scaling)
-        else:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=attention.scaling,
-                                                 enable_gqa=query.shape[1] != key.shape[1])
+        out = attend(query, key, value, allowed, attention.scaling)
         return _project(attention.o_proj, out.transpose(1, 2).reshape(rows, length, -1), lora)
 
 
@@ -137,6 +136,14 @@ def _is_front_of(tensor: torch.Tensor, whole: torch.Tensor) -> bool:
 def _project(module: torch.nn.Module, x: torch.Tensor, lora: dict) -> torch.Tensor:
     """A projection; a peft LoRA layer also gets the rows' adapter names (its mixed-batch forward)."""
     return module(x, **lora) if lora and hasattr(module, "lora_A") else module(x)
+
+
+def _prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """Attention of a prompt's positions: `scaled_dot_product_attention` (flash attention on a CPU),
+    grouped query heads left grouped; `allowed` is `_allowed`."""
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, scale=scale,
+                                          enable_gqa=query.shape[1] != key.shape[1])
 
 
 def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,

@@ -396,7 +396,7 @@ def test_the_analyzers_shortcuts_change_nothing(fast, corpus):
 
 def test_screens_skipped_for_too_few_digits_change_nothing(fast, corpus):
     """Without NER, a text is screened only by the recognisers whose screens its digits allow; with
-    every text sent to Presidio the findings are the same. Each recogniser's `min_digits` is its
+    every text sent to Presidio the findings are the same. Each recogniser's `MIN_DIGITS` is its
     screen's: no text with fewer digits passes it."""
     from services.dataprep import pii_recognizers as rec
     from tests.dataprep.test_pii_recognizers import TICKETS, _texts
@@ -408,7 +408,7 @@ def test_screens_skipped_for_too_few_digits_change_nothing(fast, corpus):
     assert [fast._analyze(text) for text in texts] == [unscreened._analyze(text) for text in texts]
     for recognizer in fast._analyzer.registry.recognizers:
         for text in texts:
-            if rec.digit_count(text) < recognizer.min_digits:
+            if rec.digit_count(text) < recognizer.MIN_DIGITS:
                 assert not recognizer.could_match(text), (recognizer.name, text)
 
 
