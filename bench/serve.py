@@ -3,6 +3,7 @@
 Run from the repository root (after `make setup`, which converts SmolLM2-135M-Instruct):
 
     .venv/bin/python bench/serve.py [--clients 8] [--requests 48] [--max-tokens 48] [--length-spread 0.5] [--dtype auto]
+        [--compiled-decode KEYS]
 
 In one run, on SmolLM2-135M-Instruct, greedy, the same chat prompts, each with its own answer
 length: `--max-tokens` on average, spread evenly over +- `--length-spread` of it (as real answers
@@ -21,6 +22,8 @@ together and every prompt after the first ones arrives in a burst with the other
 - the service computes in `--dtype` (TUNELOOP_INFERENCE_DTYPE; "auto" is bf16 on a CPU with
   AVX512-BF16 or AMX). Its answers are compared: concurrent with lone, and lone with the baseline of
   the same dtype (greedy: the same prompt should give the same text).
+- `--compiled-decode KEYS` serves decoding steps of up to 8 rows within KEYS keys from a step
+  compiled ahead of time (services/inference/compiled_decode.py); 0 (the default) keeps them eager.
 - time to first token at `--clients`: over all requests, and split into the first wave (the
   first `--clients` requests, sent at the same instant) and the requests that arrive into a
   running batch (every later one).
@@ -273,6 +276,9 @@ def main() -> None:
     parser.add_argument("--overhead-requests", type=int, default=200)
     parser.add_argument("--dtype", choices=SERVING_DTYPES, default="auto",
                         help="what the service computes in (TUNELOOP_INFERENCE_DTYPE)")
+    parser.add_argument("--compiled-decode", type=int, default=0, metavar="KEYS",
+                        help="compile the decoding step for up to this many keys (TUNELOOP_COMPILED_DECODE_CAPACITY; "
+                             "0: eager); the package is built when the model loads, before the clock starts")
     args = parser.parse_args()
     requests = prompts(args.requests, args.max_tokens, args.length_spread)
     served_dtype = serving_dtype(args.dtype)
@@ -287,6 +293,7 @@ def main() -> None:
     api_key = "tl-bench-" + secrets.token_hex(12)
     os.environ["TUNELOOP_API_KEY"] = api_key
     os.environ["TUNELOOP_INFERENCE_DTYPE"] = args.dtype
+    os.environ["TUNELOOP_COMPILED_DECODE_CAPACITY"] = str(args.compiled_decode)
     os.environ.setdefault("TUNELOOP_INTERNAL_TOKEN", secrets.token_urlsafe(24))
     with tempfile.TemporaryDirectory(prefix="tuneloop-bench-serve-") as data_dir:
         stack = Stack(LaunchConfig(data_dir=Path(data_dir), port=free_port(), grpc_port=free_port(),

@@ -75,6 +75,7 @@ class EngineStats:
     shared_prompts: int = 0  # rows whose prompt another row of the same prefill read for them
     prefix_hits: int = 0  # prompts whose prefix's keys and values came from the prefix cache
     prefix_misses: int = 0  # prefixes computed (and kept) for a prompt
+    compiled_steps: int = 0  # decoding steps computed by the compiled step (compiled_decode.py)
 
 
 class Engine:
@@ -85,11 +86,13 @@ class Engine:
     """
 
     def __init__(self, name: str, model: Callable[[], Any], device: Any, max_batch_size: int,
-                 prefix_cache_size: int = 4, decoder: Callable[..., torch.Tensor] | None = None, nice: int = 0):
+                 prefix_cache_size: int = 4, decoder: Callable[..., torch.Tensor] | None = None, nice: int = 0,
+                 compiled: Any = None):
         self.stats = EngineStats()
         self._nice = nice  # how much lower its threads' CPU priority is than the process's (see _lower_own_priority)
         self._model = model
         self._decoder = decoder  # computes the model's forward pass faster (llama_decoder.py), if given
+        self._compiled = compiled  # computes the decoding steps that fit it faster still (compiled_decode.py)
         self._device = device
         self._max_batch_size = max_batch_size
         self._prefix_cache_size = prefix_cache_size
@@ -288,7 +291,12 @@ class Engine:
             extra["adapter_names"] = [s.adapter for s in rows]
         elif adapters != {BASE}:
             raise RuntimeError(f"adapters {sorted(adapters - {BASE})} asked of a model that has none loaded")
-        if self._decoder is not None:
+        # The batch's decoding steps only: the compiled step keeps the batch's cache in its buffers.
+        if (self._compiled is not None and cache is self._cache and ids.shape[1] == 1
+                and self._compiled.fits(len(rows), mask.shape[1], extra.get("adapter_names"))):
+            logits = self._compiled.step(ids, mask, positions, cache)
+            self.stats.compiled_steps += 1
+        elif self._decoder is not None:
             logits = self._decoder(ids, mask, positions, cache, extra.get("adapter_names"))
         else:
             # logits_to_keep=1: only the last position's logits are used, and a prefill's other

@@ -25,6 +25,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.inference import batching
@@ -55,6 +56,7 @@ class _LoadedModel:
     engine: Engine | None = None
     packed: bool = False  # its linear weights are packed for oneDNN (packed_linear.py)
     decoder: Any = None  # its engine's forward pass, when faster than the model's own (llama_decoder.py)
+    compiled: Any = None  # its engine's compiled decoding step, when the settings ask for one (compiled_decode.py)
     # Set once the first adapter is loaded: the same weights, wrapped by peft.
     peft: Any = None
     # Loaded LoRA adapters by model id, least recently used first: (peft adapter name, the
@@ -71,7 +73,7 @@ class Generator:
     """
 
     def __init__(self, store: ModelStore, *, max_batch_size: int = 16, max_adapters: int = 8, dtype: str = "auto",
-                 prefix_cache_size: int = 4, engine_nice: int = 0):
+                 prefix_cache_size: int = 4, engine_nice: int = 0, compiled_decode: tuple[int, int] = (8, 0)):
         if max_batch_size < 1 or max_adapters < 1:
             raise ValueError("max_batch_size and max_adapters must be at least 1")
         # Checked now, resolved at the first load: resolving imports torch, which a bad setting
@@ -80,6 +82,8 @@ class Generator:
         self._store = store
         self._prefix_cache_size = prefix_cache_size
         self._engine_nice = engine_nice
+        # (rows, keys) of the compiled decoding step (compiled_decode.py); 0 keys: none.
+        self._compiled_shape = compiled_decode
         self._max_batch_size = max_batch_size
         self._max_adapters = max_adapters
         self._models: dict[str, _LoadedModel] = {}
@@ -192,7 +196,7 @@ class Generator:
                          ", linear weights packed for oneDNN" if loaded.packed else "")
                 loaded.engine = Engine(key, lambda loaded=loaded: loaded.peft or loaded.model, loaded.model.device,
                                        self._max_batch_size, self._prefix_cache_size, loaded.decoder,
-                                       self._engine_nice)
+                                       self._engine_nice, loaded.compiled)
                 self._models[key] = loaded
             adapter, tokenizer = (self._adapter(loaded, fine_tuned) if lora and fine_tuned is not None
                                   else (BASE, loaded.tokenizer))
@@ -215,7 +219,29 @@ class Generator:
         # float32 model keeps the model's own forward, token for token what `generate` computes.
         if loaded.packed and llama_decoder.supports(loaded.model):
             loaded.decoder = llama_decoder.LlamaDecoder(loaded.model)
+        rows, capacity = self._compiled_shape
+        if capacity:
+            loaded.compiled = self._compiled_decode(self._store.ensure(key) if full is None else full.path,
+                                                    loaded.model, rows, capacity)
         return loaded
+
+    def _compiled_decode(self, model_dir: Path, model: PreTrainedModel, rows: int, capacity: int) -> Any:
+        """The compiled decoding step of the model saved at `model_dir` (built now if it is not yet), or
+        None when the model is not one it computes."""
+        from services.inference import compiled_decode
+
+        if not compiled_decode.supports(model):
+            log.warning("inference: %s is not a plain Llama; its decoding steps are not compiled", model_dir)
+            return None
+        files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
+        identity = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
+        path = compiled_decode.package_path(self._store.settings.data_dir / "compiled", identity, model.dtype, rows,
+                                            capacity)
+        if not path.exists():
+            log.info("inference: compiling %s's decoding step for %d rows and %d keys (a minute or two, once)",
+                     model_dir, rows, capacity)
+        compiled_decode.build(model_dir, model.dtype, rows, capacity, path)
+        return compiled_decode.CompiledDecode(path, model, rows, capacity)
 
     @functools.cached_property
     def dtype(self) -> torch.dtype:

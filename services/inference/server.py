@@ -342,7 +342,8 @@ async def build(runtime: Runtime) -> ServiceParts:
     else:
         generator = Generator(ModelStore(settings), max_batch_size=settings.max_batch_size,
                               max_adapters=settings.max_adapters, dtype=settings.inference_dtype,
-                              prefix_cache_size=settings.prefix_cache_prompts, engine_nice=settings.engine_nice)
+                              prefix_cache_size=settings.prefix_cache_prompts, engine_nice=settings.engine_nice,
+                              compiled_decode=(settings.compiled_decode_rows, settings.compiled_decode_capacity))
     channels = [open_channel(settings.training_addr, settings)]
     registry = training_pb2_grpc.TrainingStub(channels[0])
     dataprep = None

@@ -1,0 +1,130 @@
+"""The decoding step compiled ahead of time (compiled_decode.py), against the engine's eager one:
+the same logits and cache over left-padded rows, rows leaving, padding rows, and in the generator
+the same answers, in float32 where the two agree to rounding. Each package is really built
+(torch.export + AOTInductor in a child process: ~20 s for the tiny model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from services.inference import compiled_decode
+from services.inference.batching import BASE
+from services.inference.compiled_decode import CompiledDecode
+from services.inference.generation import Generator
+from services.inference.llama_decoder import LlamaDecoder
+from services.shared.models import ModelStore
+from services.shared.settings import Settings
+from tests.fixtures.engine import held_back_then_released, same
+
+MODEL = "tiny-llama"
+ROWS, CAPACITY = 4, 32
+
+pytestmark = pytest.mark.slow  # each module builds a package
+
+
+@pytest.fixture(scope="module")
+def package(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = compiled_decode.package_path(tmp_path_factory.mktemp("compiled"), str(tiny_model_dir), torch.float32,
+                                        ROWS, CAPACITY)
+    compiled_decode.build(tiny_model_dir, torch.float32, ROWS, CAPACITY, path)
+    return path
+
+
+def _copy(cache: DynamicCache) -> DynamicCache:
+    return DynamicCache(ddp_cache_data=[(layer.keys.clone(), layer.values.clone()) for layer in cache.layers])
+
+
+def test_steps_match_the_eager_decoder_as_rows_leave(tiny_settings: Settings, package: Path) -> None:
+    model, _ = ModelStore(tiny_settings).load(MODEL, torch.float32)
+    model.eval()
+    eager = LlamaDecoder(model)
+    compiled = CompiledDecode(package, model, ROWS, CAPACITY)
+    torch.manual_seed(0)
+    # Three left-padded prompts: row 1 is the longest, row 2 the shortest.
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 1, 1]])
+    ids = torch.randint(5, 500, mask.shape)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        reference = DynamicCache()
+        eager(ids, mask, positions, reference)
+        cache = _copy(reference)
+        for step in range(9):
+            if step == 5:  # row 0 leaves: the engine gives the cache new tensors, copied in again
+                keep = torch.tensor([1, 2])
+                mask = mask[keep]
+                for kept in (reference, cache):
+                    for layer in kept.layers:
+                        layer.keys, layer.values = layer.keys[keep], layer.values[keep]
+            positions = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=torch.long)], dim=-1)
+            new = torch.randint(5, 500, (mask.shape[0], 1))
+            expected = eager(new, mask, positions, reference)
+            got = compiled.step(new, mask, positions, cache)
+            torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+            for ours, theirs in zip(cache.layers, reference.layers, strict=True):
+                assert ours.keys.shape == theirs.keys.shape
+                hidden = mask.bool()[:, None, :, None]  # padding columns hold whatever was there
+                torch.testing.assert_close(ours.keys * hidden, theirs.keys * hidden, atol=2e-5, rtol=1e-4)
+                torch.testing.assert_close(ours.values * hidden, theirs.values * hidden, atol=2e-5, rtol=1e-4)
+    assert compiled.steps == 9
+
+
+def test_only_steps_that_fit_are_compiled(tiny_settings: Settings, package: Path) -> None:
+    model, _ = ModelStore(tiny_settings).load(MODEL, torch.float32)
+    compiled = CompiledDecode(package, model, ROWS, CAPACITY)
+    assert compiled.fits(ROWS, CAPACITY, None)
+    assert compiled.fits(2, 10, [BASE, BASE])
+    assert not compiled.fits(ROWS + 1, 10, None)  # more rows than the package has
+    assert not compiled.fits(2, CAPACITY + 1, None)  # more keys than its buffers hold
+    assert not compiled.fits(2, 10, [BASE, "ft_adapter"])  # LoRA rows: the package holds base weights only
+
+
+def test_the_generator_answers_the_same_with_compiled_steps(tiny_settings: Settings) -> None:
+    """Requests batched together, one of them too long for the compiled step's keys."""
+    compiled = Generator(ModelStore(tiny_settings), dtype="float32", compiled_decode=(ROWS, CAPACITY))
+    plain = Generator(ModelStore(tiny_settings), dtype="float32")
+    requests = [
+        {"prompt": "Hi", "max_tokens": 12, "temperature": 0},
+        {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 9, "temperature": 0},
+        {"prompt": "Tell me", "max_tokens": 7, "temperature": 0.8, "seed": 3},
+        {"prompt": "A prompt long enough to leave the compiled keys " * 2, "max_tokens": 8, "temperature": 0},
+    ]
+    try:
+        expected = [plain.generate(MODEL, **request) for request in requests]
+        compiled.generate(MODEL, prompt="warm", max_tokens=1)  # loads the model and builds the package
+        got = held_back_then_released(
+            compiled, MODEL, [lambda request=request: compiled.generate(MODEL, **request) for request in requests])
+        for ours, theirs in zip(got, expected, strict=True):
+            same(ours, theirs)
+        alone = [compiled.generate(MODEL, **request) for request in requests[:2]]
+        for ours, theirs in zip(alone, expected[:2], strict=True):
+            same(ours, theirs)
+        stats = compiled.engine(MODEL).stats
+        assert stats.compiled_steps > 0
+        assert stats.compiled_steps < stats.steps  # prompts, and the long prompt's steps, went the eager way
+        assert list((tiny_settings.data_dir / "compiled").glob("decode-*.pt2"))  # built once, kept
+    finally:
+        compiled.close()
+        plain.close()
+
+
+def test_a_model_it_cannot_compute_is_refused_in_the_child(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="building the compiled decoding step failed"):
+        compiled_decode.build(tmp_path / "missing", torch.float32, ROWS, CAPACITY, tmp_path / "x.pt2", timeout=300)
+    assert not (tmp_path / "x.pt2").exists()
+
+
+def test_the_same_weights_and_shape_share_one_package(tmp_path: Path) -> None:
+    one = compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 8, 128)
+    assert one == compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 8, 128)
+    others = {compiled_decode.package_path(tmp_path, "model|2", torch.bfloat16, 8, 128),
+              compiled_decode.package_path(tmp_path, "model|1", torch.float32, 8, 128),
+              compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 16, 128),
+              compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 8, 256)}
+    assert one not in others and len(others) == 4
+    assert one.parent == tmp_path and one.suffix == ".pt2"
+
