@@ -113,7 +113,7 @@ def export_and_compile(model: Any, rows: int, capacity: int, path: Path) -> None
     model.eval().requires_grad_(False)
     with torch.inference_mode():
         exported = torch.export.export(StaticStep(model).eval(), example)
-        partial = path.with_name(path.stem + ".partial.pt2")
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")  # two builders never share one
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
                                                  inductor_configs=_INDUCTOR_CONFIG)
         os.replace(partial, path)  # whoever finds the package finds it whole

@@ -227,7 +227,10 @@ class Generator:
 
     def _compiled_decode(self, model_dir: Path, model: PreTrainedModel, rows: int, capacity: int) -> Any:
         """The compiled decoding step of the model saved at `model_dir` (built now if it is not yet), or
-        None when the model is not one it computes."""
+        None when the model is not one it computes or the build fails (no C++ compiler, say): the
+        model is then served with eager steps, as without the setting, and the log says why."""
+        import subprocess
+
         from services.inference import compiled_decode
 
         if not compiled_decode.supports(model):
@@ -240,7 +243,11 @@ class Generator:
         if not path.exists():
             log.info("inference: compiling %s's decoding step for %d rows and %d keys (a minute or two, once)",
                      model_dir, rows, capacity)
-        compiled_decode.build(model_dir, model.dtype, rows, capacity, path)
+        try:
+            compiled_decode.build(model_dir, model.dtype, rows, capacity, path)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+            log.error("inference: %s's decoding steps stay eager: %s", model_dir, error)
+            return None
         return compiled_decode.CompiledDecode(path, model, rows, capacity)
 
     @functools.cached_property

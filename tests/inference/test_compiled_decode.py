@@ -112,6 +112,22 @@ def test_the_generator_answers_the_same_with_compiled_steps(tiny_settings: Setti
         plain.close()
 
 
+def test_a_failed_build_leaves_the_model_served_eagerly(tiny_settings: Settings, monkeypatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    def no_compiler(*_args, **_kwargs) -> None:
+        raise RuntimeError("building the compiled decoding step failed (1): no C++ compiler")
+
+    monkeypatch.setattr(compiled_decode, "build", no_compiler)
+    generator = Generator(ModelStore(tiny_settings), dtype="float32", compiled_decode=(ROWS, CAPACITY))
+    try:
+        answer = generator.generate(MODEL, prompt="Hi", max_tokens=4, temperature=0)
+        assert answer.completion_tokens == 4
+        assert generator.engine(MODEL).stats.compiled_steps == 0
+        assert "decoding steps stay eager: building the compiled decoding step failed" in caplog.text
+    finally:
+        generator.close()
+
+
 def test_a_model_it_cannot_compute_is_refused_in_the_child(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="building the compiled decoding step failed"):
         compiled_decode.build(tmp_path / "missing", torch.float32, ROWS, CAPACITY, tmp_path / "x.pt2", timeout=300)
