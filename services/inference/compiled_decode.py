@@ -88,12 +88,14 @@ class StaticStep(torch.nn.Module):
 
 
 def supports(model: Any) -> bool:
-    """Whether `StaticStep` computes `model`: what LlamaDecoder runs, without biases on the projections."""
+    """Whether `StaticStep` computes `model`: what LlamaDecoder runs, without biases on the projections
+    and with heads that split the hidden size (StaticStep's head dim)."""
     from services.inference import llama_decoder
 
     config = model.config
+    split = config.hidden_size // config.num_attention_heads
     return (llama_decoder.supports(model) and not getattr(config, "attention_bias", False)
-            and not getattr(config, "mlp_bias", False))
+            and not getattr(config, "mlp_bias", False) and (getattr(config, "head_dim", None) or split) == split)
 
 
 def buffers(model: Any, rows: int, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -134,6 +134,20 @@ def test_a_model_it_cannot_compute_is_refused_in_the_child(tmp_path: Path) -> No
     assert not (tmp_path / "x.pt2").exists()
 
 
+@pytest.mark.parametrize(("change", "computed"), [
+    ({}, True),
+    ({"head_dim": 32}, False),  # heads wider than hidden size / heads
+    ({"attention_bias": True}, False),
+    ({"mlp_bias": True}, False),
+])
+def test_which_models_it_computes(change: dict, computed: bool) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, **change)
+    assert compiled_decode.supports(LlamaForCausalLM(config)) is computed
+
+
 def test_the_same_weights_and_shape_share_one_package(tmp_path: Path) -> None:
     one = compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 8, 128)
     assert one == compiled_decode.package_path(tmp_path, "model|1", torch.bfloat16, 8, 128)
