@@ -32,6 +32,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from services.inference.batching import BASE
+from services.inference.llama_decoder import _key_bias, _one_query_attention
+from services.inference.llama_decoder import supports as supports_llama
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +49,9 @@ class StaticStep(torch.nn.Module):
     forward(ids [rows, 1], positions [rows], column [1], bias [rows, 1, 1, capacity], keys, values)
     writes each layer's new key and value at `column` of its buffers ([rows, kv heads, capacity,
     head dim], one per layer, changed in place) and returns the last position's logits [rows,
-    vocabulary]. `bias` is 0 where a row attends and minus infinity elsewhere. The arithmetic of
-    LlamaDecoder's one-query step: RMSNorm and the rotary embedding through the model's own
-    modules and formulas, attention in float32, each group of query heads against its own
-    key/value head."""
+    vocabulary]. `bias` is 0 where a row attends and minus infinity elsewhere. LlamaDecoder's
+    one-query step with its own pieces: the model's modules, transformers' rotary formula and the
+    decoder's `_one_query_attention`."""
 
     def __init__(self, model: Any):
         super().__init__()
@@ -62,25 +66,17 @@ class StaticStep(torch.nn.Module):
         rows, heads, kv_heads, dim = ids.shape[0], self.heads, self.kv_heads, self.head_dim
         hidden = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(hidden, positions[:, None])
-        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head dim]: every head
-
-        def rotate(x: torch.Tensor) -> torch.Tensor:  # transformers' apply_rotary_pos_emb
-            half = torch.cat([-x[..., dim // 2:], x[..., :dim // 2]], dim=-1)
-            return x * cos + half * sin
-
         for index, layer in enumerate(inner.layers):
             attention, mlp = layer.self_attn, layer.mlp
             x = layer.input_layernorm(hidden)
             query = F.linear(x, attention.q_proj.weight).view(rows, 1, heads, dim).transpose(1, 2)
             key = F.linear(x, attention.k_proj.weight).view(rows, 1, kv_heads, dim).transpose(1, 2)
             value = F.linear(x, attention.v_proj.weight).view(rows, 1, kv_heads, dim).transpose(1, 2)
-            query, key = rotate(query), rotate(key)
+            query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys[index].index_copy_(2, column, key)
             values[index].index_copy_(2, column, value)
-            grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim).float()
-            scores = torch.matmul(grouped, keys[index].float().transpose(-1, -2)) * attention.scaling + bias
-            out = torch.matmul(torch.softmax(scores, dim=-1), values[index].float())
-            hidden = hidden + F.linear(out.to(hidden.dtype).reshape(rows, 1, heads * dim), attention.o_proj.weight)
+            out = _one_query_attention(query, keys[index], values[index], bias, attention.scaling)
+            hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, heads * dim), attention.o_proj.weight)
             x = layer.post_attention_layernorm(hidden)
             hidden = hidden + F.linear(
                 mlp.act_fn(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight), mlp.down_proj.weight)
@@ -90,11 +86,9 @@ class StaticStep(torch.nn.Module):
 def supports(model: Any) -> bool:
     """Whether `StaticStep` computes `model`: what LlamaDecoder runs, without biases on the projections
     and with heads that split the hidden size (StaticStep's head dim)."""
-    from services.inference import llama_decoder
-
     config = model.config
     split = config.hidden_size // config.num_attention_heads
-    return (llama_decoder.supports(model) and not getattr(config, "attention_bias", False)
+    return (supports_llama(model) and not getattr(config, "attention_bias", False)
             and not getattr(config, "mlp_bias", False) and (getattr(config, "head_dim", None) or split) == split)
 
 
@@ -119,6 +113,14 @@ def export_and_compile(model: Any, rows: int, capacity: int, path: Path) -> None
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
                                                  inductor_configs=_INDUCTOR_CONFIG)
         os.replace(partial, path)  # whoever finds the package finds it whole
+
+
+def model_identity(model_dir: Path) -> str:
+    """What identifies the weights saved at `model_dir` for `package_path`: its weight and config
+    files' paths, sizes and modification times (a model saved again gets a new package)."""
+    files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
+    stats = [(path.resolve(), path.stat()) for path in files]
+    return "|".join(f"{path}:{stat.st_size}:{stat.st_mtime_ns}" for path, stat in stats)
 
 
 def package_path(directory: Path, model_key: str, dtype: torch.dtype, rows: int, capacity: int) -> Path:
@@ -158,8 +160,6 @@ class CompiledDecode:
     def fits(self, rows: int, length: int, adapters: Sequence[str] | None) -> bool:
         """Whether a decoding step of `rows` rows over `length` keys (the new one included) can run here:
         base-model rows only."""
-        from services.inference.batching import BASE
-
         return rows <= self.rows and length <= self.capacity and (adapters is None or set(adapters) <= {BASE})
 
     def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
@@ -172,7 +172,7 @@ class CompiledDecode:
                 self._keys[index][:rows, :, :length - 1] = layer.keys
                 self._values[index][:rows, :, :length - 1] = layer.values
         bias = torch.full((self.rows, 1, 1, self.capacity), float("-inf"))
-        bias[:rows, 0, 0, :length] = torch.zeros(mask.shape).masked_fill_(mask == 0, float("-inf"))
+        bias[:rows, :, :, :length] = _key_bias(mask)
         bias[rows:, 0, 0, 0] = 0  # padding rows attend to one key: no row of nothing but minus infinity
         padded_ids = torch.zeros((self.rows, 1), dtype=torch.long)
         padded_ids[:rows] = ids

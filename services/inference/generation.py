@@ -236,10 +236,8 @@ class Generator:
         if not compiled_decode.supports(model):
             log.warning("inference: %s is not a plain Llama; its decoding steps are not compiled", model_dir)
             return None
-        files = sorted(model_dir.glob("*.safetensors")) + [model_dir / "config.json"]
-        identity = "|".join(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files)
-        path = compiled_decode.package_path(self._store.settings.data_dir / "compiled", identity, model.dtype, rows,
-                                            capacity)
+        path = compiled_decode.package_path(self._store.settings.data_dir / "compiled",
+                                            compiled_decode.model_identity(model_dir), model.dtype, rows, capacity)
         if not path.exists():
             log.info("inference: compiling %s's decoding step for %d rows and %d keys (a minute or two, once)",
                      model_dir, rows, capacity)
