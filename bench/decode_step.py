@@ -3,19 +3,19 @@ compiled one (torch.export + AOTInductor), in the same process.
 
 Run from the repository root (after `make setup`):
 
-    .venv/bin/python bench/decode_step.py [--rows 8] [--capacity 128] [--context 60] [--steps 40]
+    .venv/bin/python bench/decode_step.py [--rows 8] [--capacity 2048] [--context 60] [--steps 40]
 
 What it compares, in bf16 on the CPU, both over the same rows and keys:
 
 - eager: what the service runs today. `LlamaDecoder` (services/inference/llama_decoder.py) over
   the packed oneDNN weights (packed_linear.py) and a DynamicCache, one query per row.
 - compiled: services/inference/compiled_decode.py, what the service serves decoding steps from
-  when `compiled_decode_capacity` is set. The same layers written for fixed shapes (`rows` x 1
-  new token, keys and values in static per-layer buffers of `capacity` columns, the mask as an
-  additive bias), exported with torch.export and compiled by AOTInductor with weight freezing and
-  max-autotune's C++ GEMM templates (AMX micro-kernels where the CPU has them), built by a child
-  process (compiled_decode.build; the module's docstring says why) and loaded with
-  `aoti_load_package`.
+  (the `compiled_decode_capacity` setting). The same layers written for `rows` x 1 new token, keys
+  and values in per-layer buffers of `capacity` columns of which attention reads the first
+  `length` (the graph's one dynamic size), the mask as an additive bias, exported with
+  torch.export and compiled by AOTInductor with weight freezing and max-autotune (C++ GEMM
+  templates or oneDNN, per product), built by a child process (compiled_decode.build; the
+  module's docstring says why) and loaded with `aoti_load_package`.
 
 Both start from the same past keys and values. It prints each step's p50 and the ratio, and how
 far the compiled step's logits are from the eager one's (both bf16: the kernels accumulate in
@@ -92,7 +92,7 @@ def measure(path: Path, rows: int, capacity: int, context: int, steps: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=8)
-    parser.add_argument("--capacity", type=int, default=128, help="key/value columns of the compiled step")
+    parser.add_argument("--capacity", type=int, default=2048, help="the most keys of the compiled step")
     parser.add_argument("--context", type=int, default=60, help="tokens already read before the steps")
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
@@ -100,7 +100,7 @@ def main() -> None:
         parser.error("--capacity must leave room for a few steps after --context")
     with tempfile.TemporaryDirectory(prefix="decode-step-") as scratch:
         path = Path(scratch) / "step.pt2"
-        print(f"building the compiled step ({args.rows} rows, {args.capacity} columns) in a child process ...",
+        print(f"building the compiled step ({args.rows} rows, up to {args.capacity} keys) in a child process ...",
               flush=True)
         started = time.perf_counter()
         build(ModelStore(Settings()).ensure(DEFAULT_MODEL_ID), torch.bfloat16, args.rows, args.capacity, path)
@@ -109,7 +109,7 @@ def main() -> None:
     print(f"build: {built:.0f} s")
     print(f"{args.rows} rows, keys {args.context}-{args.context + result['steps']}, {result['steps']} steps:")
     print(f"  eager (LlamaDecoder, packed oneDNN weights): p50 {result['eager_ms']:.1f} ms")
-    print(f"  compiled (AOTInductor, {args.capacity} columns): p50 {result['compiled_ms']:.1f} ms")
+    print(f"  compiled (AOTInductor, up to {args.capacity} keys): p50 {result['compiled_ms']:.1f} ms")
     print(f"  eager / compiled: {result['eager_ms'] / result['compiled_ms']:.2f}x")
     print(f"  logits: max difference {result['max_logit_difference']:.3f}, "
           f"same argmax in {result['argmax_agree']:.0%} of rows")

@@ -22,8 +22,11 @@ together and every prompt after the first ones arrives in a burst with the other
 - the service computes in `--dtype` (TUNELOOP_INFERENCE_DTYPE; "auto" is bf16 on a CPU with
   AVX512-BF16 or AMX). Its answers are compared: concurrent with lone, and lone with the baseline of
   the same dtype (greedy: the same prompt should give the same text).
-- `--compiled-decode KEYS` serves decoding steps of up to 8 rows within KEYS keys from a step
-  compiled ahead of time (services/inference/compiled_decode.py); 0 (the default) keeps them eager.
+- `--compiled-decode KEYS` (TUNELOOP_COMPILED_DECODE_CAPACITY, the service's default 2048) serves
+  decoding steps of up to 8 rows within KEYS keys from a step compiled ahead of time
+  (services/inference/compiled_decode.py); 0 keeps them eager. The script builds the package into
+  the stack's data directory before the stack starts, so no phase runs while the service would
+  build it in the background.
 - time to first token at `--clients`: over all requests, and split into the first wave (the
   first `--clients` requests, sent at the same instant) and the requests that arrive into a
   running batch (every later one).
@@ -264,6 +267,22 @@ async def against_the_stack(stack: Stack, api_key: str, requests: list, args) ->
     return {"lone": lone, "concurrent": concurrent, "overhead": cost}
 
 
+def prebuild(data_dir: Path, dtype, capacity: int) -> None:
+    """Build the compiled decoding step where the service started on `data_dir` will find it."""
+    from services.inference import compiled_decode
+    from services.inference.settings import InferenceSettings
+
+    settings = InferenceSettings(data_dir=data_dir)
+    rows = settings.compiled_decode_rows
+    model_dir = ModelStore(settings).ensure(DEFAULT_MODEL_ID)  # the stack's copy: the package is keyed by its files
+    path = compiled_decode.package_path(data_dir / "compiled", compiled_decode.model_identity(model_dir), dtype,
+                                        rows, capacity)
+    print(f"building the compiled decoding step ({rows} rows, up to {capacity} keys) ...", flush=True)
+    started = time.perf_counter()
+    compiled_decode.build(model_dir, dtype, rows, capacity, path)
+    print(f"  built in {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def main() -> None:
     import torch
 
@@ -276,9 +295,9 @@ def main() -> None:
     parser.add_argument("--overhead-requests", type=int, default=200)
     parser.add_argument("--dtype", choices=SERVING_DTYPES, default="auto",
                         help="what the service computes in (TUNELOOP_INFERENCE_DTYPE)")
-    parser.add_argument("--compiled-decode", type=int, default=0, metavar="KEYS",
+    parser.add_argument("--compiled-decode", type=int, default=2048, metavar="KEYS",
                         help="compile the decoding step for up to this many keys (TUNELOOP_COMPILED_DECODE_CAPACITY; "
-                             "0: eager); the package is built when the model loads, before the clock starts")
+                             "0: eager); the package is built before the stack starts")
     args = parser.parse_args()
     requests = prompts(args.requests, args.max_tokens, args.length_spread)
     served_dtype = serving_dtype(args.dtype)
@@ -296,6 +315,8 @@ def main() -> None:
     os.environ["TUNELOOP_COMPILED_DECODE_CAPACITY"] = str(args.compiled_decode)
     os.environ.setdefault("TUNELOOP_INTERNAL_TOKEN", secrets.token_urlsafe(24))
     with tempfile.TemporaryDirectory(prefix="tuneloop-bench-serve-") as data_dir:
+        if args.compiled_decode:
+            prebuild(Path(data_dir), served_dtype, args.compiled_decode)
         stack = Stack(LaunchConfig(data_dir=Path(data_dir), port=free_port(), grpc_port=free_port(),
                                    startup_timeout_s=180), echo=lambda _line: None)
         stack.start()

@@ -16,6 +16,12 @@ from tuneloop.nats_server import NatsServer
 
 POSTGRES_ENV = "TUNELOOP_TEST_POSTGRES_URL"
 
+# The inference service compiles its decoding steps by default, a build of a minute or two in the
+# background of the first request to a model. Here (and in the stacks tests start, which inherit the
+# environment) every model is served eagerly unless a test asks otherwise:
+# tests/inference/test_compiled_decode.py builds its packages on purpose.
+os.environ.setdefault("TUNELOOP_COMPILED_DECODE_CAPACITY", "0")
+
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:

@@ -130,6 +130,19 @@ class Engine:
             self._wake.notify()
         return done.result()
 
+    def use_compiled(self, load: Callable[[], Any]) -> None:
+        """From the next step on, compute the decoding steps that fit with `load()`'s compiled step
+        (compiled_decode.CompiledDecode), which is created on the engine's thread, between two turns."""
+        def install() -> None:
+            self._compiled = load()
+
+        self.run(install)
+
+    @property
+    def compiled(self) -> Any:
+        """The compiled decoding step in use (`use_compiled`), or None."""
+        return self._compiled
+
     @property
     def waiting(self) -> int:
         """Requests submitted and not yet in the batch."""

@@ -1,22 +1,33 @@
-"""A Llama decoding step compiled ahead of time for fixed shapes (torch.export + AOTInductor).
+"""A Llama decoding step compiled ahead of time (torch.export + AOTInductor).
 
-Measured on 2 cores of a Xeon with AMX, SmolLM2-135M-Instruct in bf16, 8 rows over 60-100 keys
-(bench/decode_step.py): 33.4 ms a step through `LlamaDecoder` and oneDNN's packed products,
-17.9 ms compiled. The compile freezes the weights and uses max-autotune's C++ GEMM templates (AMX
-micro-kernels where the CPU has them): a product of 8 rows costs ~10 us instead of oneDNN's
-~32 us per call, and each layer's element-wise work is fused into a few loops.
+The step is compiled for a fixed number of rows (fewer are padded) and any number of keys up to a
+capacity: keys and values live in per-layer buffers of `capacity` columns, written in place, and
+attention reads the first `length` of them (the one dynamic size of the graph; every product has
+static shapes). The compile freezes the weights and lets max-autotune choose, per product, between
+its C++ GEMM templates and ATen's (oneDNN) kernels; each layer's element-wise work is fused.
 
-The price is fixed shapes. A package serves `rows` rows (fewer are padded) and keys in `capacity`
-static columns per layer. A step that does not fit (more rows, a longer context, a prompt, a row
-with a LoRA adapter: the frozen package holds the base weights only) goes the eager way. Building
-a package takes 55-110 s per shape on 2 cores, so it is opt-in (the `compiled_decode_capacity`
-setting) and built once per model, shape and torch version, by a child process: see `build`.
+Measured with SmolLM2-135M-Instruct in bf16, 8 rows (bench/decode_step.py, RESULTS.md):
 
-Why a child process: a compile runs its autotuning on the calling thread. In a serving process
-that leaves another OpenMP team behind, and once a process holds more OpenMP threads than cores,
-libgomp's workers sleep between parallel regions (batching.py): the same step took 64-80 ms.
+- 2 cores of an AMD EPYC (Zen 4: AVX512-BF16, no AMX): eager `LlamaDecoder` 32 ms a step over
+  60-100 keys; compiled 18 ms over 64 keys, 19 over 100, 21 over 200, 25 over 400, 35 over 1000,
+  55 over 2000 (attention grows with the keys, in both). Autotuning keeps oneDNN's products here:
+  the templates have no AVX512-BF16 kernel (they convert to float32), 43 ms with them alone.
+- 2 cores of a Xeon with AMX (session 10, a static 128-key step with the templates alone): 33.4
+  -> 17.9 ms; the templates' AMX micro-kernels compute a product of 8 rows in ~10 us against
+  oneDNN's ~32 us. This dynamic-keys step with autotuning was not measured on that CPU.
+- Attention over a static capacity instead (every step reads all of it): 20 ms at 128 columns,
+  28 at 256, 30 at 512 on the EPYC; hence the dynamic key length.
+
+A step that does not fit (more rows, more keys than the capacity, a prompt, a row with a LoRA
+adapter: the frozen package holds the base weights only) goes the eager way. Building a package
+takes 60-130 s on 2 cores, once per model, shape, torch version and step version; the service
+builds it in the background and serves eagerly meanwhile (generation.py).
+
+Why a child process builds it: a compile runs its autotuning on the calling thread. In a serving
+process that leaves another OpenMP team behind, and once a process holds more OpenMP threads than
+cores, libgomp's workers sleep between parallel regions (batching.py): the same step took 64-80 ms.
 Also, `torch.compile` from a thread other than the main one chose other kernels (no AMX
-micro-GEMM, 33 ms); a child process compiles on its main thread.
+micro-GEMM, 33 ms, on the Xeon); a child process compiles on its main thread.
 """
 
 from __future__ import annotations
@@ -37,21 +48,24 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from services.inference.batching import BASE
 from services.inference.llama_decoder import _key_bias, _one_query_attention
 from services.inference.llama_decoder import supports as supports_llama
+from services.inference.settings import MIN_COMPILED_DECODE_CAPACITY as MIN_CAPACITY
 
 log = logging.getLogger(__name__)
 
-_INDUCTOR_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP"}
+_INDUCTOR_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# Part of every package's key: a package built by an earlier version of DecodeStep is not this one's.
+STEP_VERSION = 2
 
 
-class StaticStep(torch.nn.Module):
+class DecodeStep(torch.nn.Module):
     """One new token for each of `rows` rows, keys and values kept in fixed buffers.
 
-    forward(ids [rows, 1], positions [rows], column [1], bias [rows, 1, 1, capacity], keys, values)
-    writes each layer's new key and value at `column` of its buffers ([rows, kv heads, capacity,
-    head dim], one per layer, changed in place) and returns the last position's logits [rows,
-    vocabulary]. `bias` is 0 where a row attends and minus infinity elsewhere. LlamaDecoder's
-    one-query step with its own pieces: the model's modules, transformers' rotary formula and the
-    decoder's `_one_query_attention`."""
+    forward(ids [rows, 1], positions [rows], column [1], bias [rows, 1, 1, length], keys, values)
+    writes each layer's new key and value at `column` (length - 1) of its buffers ([rows, kv heads,
+    columns, head dim], one per layer, changed in place), attends over their first `length`
+    columns and returns the last position's logits [rows, vocabulary]. `bias` is 0 where a row
+    attends and minus infinity elsewhere. LlamaDecoder's one-query step with its own pieces: the
+    model's modules, transformers' rotary formula and the decoder's `_one_query_attention`."""
 
     def __init__(self, model: Any):
         super().__init__()
@@ -64,6 +78,7 @@ class StaticStep(torch.nn.Module):
                 keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         inner = self.model.model
         rows, heads, kv_heads, dim = ids.shape[0], self.heads, self.kv_heads, self.head_dim
+        length = bias.shape[-1]
         hidden = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(hidden, positions[:, None])
         for index, layer in enumerate(inner.layers):
@@ -75,7 +90,8 @@ class StaticStep(torch.nn.Module):
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys[index].index_copy_(2, column, key)
             values[index].index_copy_(2, column, value)
-            out = _one_query_attention(query, keys[index], values[index], bias, attention.scaling)
+            out = _one_query_attention(query, keys[index][:, :, :length], values[index][:, :, :length], bias,
+                                       attention.scaling)
             hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, heads * dim), attention.o_proj.weight)
             x = layer.post_attention_layernorm(hidden)
             hidden = hidden + F.linear(
@@ -84,8 +100,8 @@ class StaticStep(torch.nn.Module):
 
 
 def supports(model: Any) -> bool:
-    """Whether `StaticStep` computes `model`: what LlamaDecoder runs, without biases on the projections
-    and with heads that split the hidden size (StaticStep's head dim)."""
+    """Whether `DecodeStep` computes `model`: what LlamaDecoder runs, without biases on the projections
+    and with heads that split the hidden size (DecodeStep's head dim)."""
     config = model.config
     split = config.hidden_size // config.num_attention_heads
     return (supports_llama(model) and not getattr(config, "attention_bias", False)
@@ -93,22 +109,30 @@ def supports(model: Any) -> bool:
 
 
 def buffers(model: Any, rows: int, capacity: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per layer, empty key and value buffers [rows, kv heads, capacity, head dim] in the model's dtype."""
+    """Per layer, empty key and value buffers [rows, kv heads, capacity + 1, head dim] in the model's
+    dtype. The column more than any step reads: an export would otherwise specialise the step
+    whose keys fill the buffers (a slice of a whole dimension) as a graph of its own."""
     config = model.config
-    shape = (rows, config.num_key_value_heads, capacity, config.hidden_size // config.num_attention_heads)
+    shape = (rows, config.num_key_value_heads, capacity + 1, config.hidden_size // config.num_attention_heads)
     return ([torch.zeros(shape, dtype=model.dtype) for _ in range(config.num_hidden_layers)],
             [torch.zeros(shape, dtype=model.dtype) for _ in range(config.num_hidden_layers)])
 
 
 def export_and_compile(model: Any, rows: int, capacity: int, path: Path) -> None:
-    """Compile `model`'s StaticStep for `rows` x `capacity` into an AOTInductor package at `path`.
-    Call it on a process's main thread, in a process that serves nothing (see the module's docstring)."""
+    """Compile `model`'s DecodeStep for `rows` rows and 2 to `capacity` keys into an AOTInductor
+    package at `path`. Call it on a process's main thread, in a process that serves nothing (see the
+    module's docstring)."""
+    if capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be at least {MIN_CAPACITY} keys, not {capacity}")
     keys, values = buffers(model, rows, capacity)
-    example = (torch.zeros((rows, 1), dtype=torch.long), torch.zeros(rows, dtype=torch.long), torch.tensor([0]),
-               torch.zeros((rows, 1, 1, capacity)), keys, values)
+    example_length = MIN_CAPACITY // 2  # neither 0 nor 1, which an export specialises on
+    example = (torch.zeros((rows, 1), dtype=torch.long), torch.zeros(rows, dtype=torch.long),
+               torch.tensor([example_length - 1]), torch.zeros((rows, 1, 1, example_length)), keys, values)
+    length = torch.export.Dim("keys", min=2, max=capacity)
+    dynamic = (None, None, None, {3: length}, [None] * len(keys), [None] * len(values))
     model.eval().requires_grad_(False)
     with torch.inference_mode():
-        exported = torch.export.export(StaticStep(model).eval(), example)
+        exported = torch.export.export(DecodeStep(model).eval(), example, dynamic_shapes=dynamic)
         partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.pt2")  # two builders never share one
         torch._inductor.aoti_compile_and_package(exported, package_path=str(partial),
                                                  inductor_configs=_INDUCTOR_CONFIG)
@@ -126,7 +150,7 @@ def model_identity(model_dir: Path) -> str:
 def package_path(directory: Path, model_key: str, dtype: torch.dtype, rows: int, capacity: int) -> Path:
     """Where the package of one model, dtype and shape lives. `model_key` identifies the weights (a
     model id and its files); it is hashed, so no name of a client's becomes a path."""
-    name = f"{model_key}|{dtype}|{rows}|{capacity}|torch {torch.__version__}"
+    name = f"{model_key}|{dtype}|{rows}|{capacity}|torch {torch.__version__}|step {STEP_VERSION}|{_INDUCTOR_CONFIG}"
     return directory / f"decode-{hashlib.sha256(name.encode()).hexdigest()[:24]}.pt2"
 
 
@@ -149,7 +173,8 @@ class CompiledDecode:
 
     The engine's DynamicCache layers become views of the buffers (`[:rows, :, :length]`), so a step
     that follows a step costs no copy; after rows joined or left (the engine made new tensors) the
-    cache is copied into the buffers first. Use it from one thread only (the engine's)."""
+    cache is copied into the buffers first. Create and use it on one thread only, the engine's: its
+    buffers are computed there, and no other thread's OpenMP team (the module's docstring)."""
 
     def __init__(self, path: Path, model: Any, rows: int, capacity: int):
         self.rows, self.capacity = rows, capacity
@@ -171,8 +196,8 @@ class CompiledDecode:
             for index, layer in enumerate(layers):
                 self._keys[index][:rows, :, :length - 1] = layer.keys
                 self._values[index][:rows, :, :length - 1] = layer.values
-        bias = torch.full((self.rows, 1, 1, self.capacity), float("-inf"))
-        bias[:rows, :, :, :length] = _key_bias(mask)
+        bias = torch.full((self.rows, 1, 1, length), float("-inf"))
+        bias[:rows] = _key_bias(mask)
         bias[rows:, 0, 0, 0] = 0  # padding rows attend to one key: no row of nothing but minus infinity
         padded_ids = torch.zeros((self.rows, 1), dtype=torch.long)
         padded_ids[:rows] = ids
@@ -199,6 +224,8 @@ def _main(argv: list[str]) -> None:
     from transformers import AutoModelForCausalLM
 
     model_dir, dtype_name, rows, capacity, path = argv
+    # A service builds while it serves: its requests come first, the build takes what is left.
+    os.nice(19)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True, use_safetensors=True,
                                                  trust_remote_code=False)

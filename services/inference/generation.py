@@ -57,6 +57,9 @@ class _LoadedModel:
     packed: bool = False  # its linear weights are packed for oneDNN (packed_linear.py)
     decoder: Any = None  # its engine's forward pass, when faster than the model's own (llama_decoder.py)
     compiled: Any = None  # its engine's compiled decoding step, when the settings ask for one (compiled_decode.py)
+    # The package to build for it (in the background, once its engine serves), when none is built yet.
+    compile_later: tuple[Path, Path, int, int] | None = None  # (model directory, package, rows, keys)
+    compiling: threading.Thread | None = None  # that build, then its loading into the engine
     # Set once the first adapter is loaded: the same weights, wrapped by peft.
     peft: Any = None
     # Loaded LoRA adapters by model id, least recently used first: (peft adapter name, the
@@ -198,6 +201,8 @@ class Generator:
                                        self._max_batch_size, self._prefix_cache_size, loaded.decoder,
                                        self._engine_nice, loaded.compiled)
                 self._models[key] = loaded
+                if loaded.compile_later is not None:
+                    self._compile_in_background(key, loaded)
             adapter, tokenizer = (self._adapter(loaded, fine_tuned) if lora and fine_tuned is not None
                                   else (BASE, loaded.tokenizer))
             loaded.in_use[adapter] = loaded.in_use.get(adapter, 0) + 1
@@ -221,32 +226,69 @@ class Generator:
             loaded.decoder = llama_decoder.LlamaDecoder(loaded.model)
         rows, capacity = self._compiled_shape
         if capacity:
-            loaded.compiled = self._compiled_decode(self._store.ensure(key) if full is None else full.path,
-                                                    loaded.model, rows, capacity)
+            self._compiled_decode(loaded, self._store.ensure(key) if full is None else full.path, rows,
+                                  min(capacity, loaded.context_length))
         return loaded
 
-    def _compiled_decode(self, model_dir: Path, model: PreTrainedModel, rows: int, capacity: int) -> Any:
-        """The compiled decoding step of the model saved at `model_dir` (built now if it is not yet), or
-        None when the model is not one it computes or the build fails (no C++ compiler, say): the
-        model is then served with eager steps, as without the setting, and the log says why."""
+    def _compiled_decode(self, loaded: _LoadedModel, model_dir: Path, rows: int, capacity: int) -> None:
+        """The compiled decoding step of the model saved at `model_dir`: loaded now when its package is
+        built (`loaded.compiled`), or to be built once the model serves (`loaded.compile_later`). A
+        model that is not one it computes is served with eager steps, as without the setting."""
+        from services.inference import compiled_decode
+
+        if not compiled_decode.supports(loaded.model) or capacity < compiled_decode.MIN_CAPACITY:
+            log.warning("inference: %s is not a plain Llama with a context of %d keys or more; its decoding "
+                        "steps are not compiled", model_dir, compiled_decode.MIN_CAPACITY)
+            return
+        path = compiled_decode.package_path(self._store.settings.data_dir / "compiled",
+                                            compiled_decode.model_identity(model_dir), loaded.model.dtype, rows,
+                                            capacity)
+        if path.exists():
+            try:
+                loaded.compiled = compiled_decode.CompiledDecode(path, loaded.model, rows, capacity)
+            except (RuntimeError, OSError) as error:  # a damaged file, say: the model still serves
+                log.error("inference: %s's decoding steps stay eager: its package %s does not load: %s",
+                          model_dir, path, error)
+        else:
+            loaded.compile_later = (model_dir, path, rows, capacity)
+
+    def _compile_in_background(self, key: str, loaded: _LoadedModel) -> None:
+        """Build `loaded`'s package on a thread of its own (which waits for the child process that
+        compiles, computing nothing itself), then hand it to the engine. Its requests are served with
+        eager steps meanwhile. A failed build (no C++ compiler, say) leaves them eager, and the log
+        says why."""
         import subprocess
 
         from services.inference import compiled_decode
 
-        if not compiled_decode.supports(model):
-            log.warning("inference: %s is not a plain Llama; its decoding steps are not compiled", model_dir)
-            return None
-        path = compiled_decode.package_path(self._store.settings.data_dir / "compiled",
-                                            compiled_decode.model_identity(model_dir), model.dtype, rows, capacity)
-        if not path.exists():
-            log.info("inference: compiling %s's decoding step for %d rows and %d keys (a minute or two, once)",
-                     model_dir, rows, capacity)
-        try:
-            compiled_decode.build(model_dir, model.dtype, rows, capacity, path)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
-            log.error("inference: %s's decoding steps stay eager: %s", model_dir, error)
-            return None
-        return compiled_decode.CompiledDecode(path, model, rows, capacity)
+        assert loaded.compile_later is not None and loaded.engine is not None
+        model_dir, path, rows, capacity = loaded.compile_later
+        engine = loaded.engine
+
+        def build_and_load() -> None:
+            try:
+                compiled_decode.build(model_dir, loaded.model.dtype, rows, capacity, path)
+                engine.use_compiled(lambda: compiled_decode.CompiledDecode(path, loaded.model, rows, capacity))
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+                log.error("inference: %s's decoding steps stay eager: %s", key, error)
+            else:
+                log.info("inference: %s's decoding steps of up to %d rows and %d keys are compiled from now on",
+                         key, rows, capacity)
+
+        log.info("inference: compiling %s's decoding step for %d rows and up to %d keys in the background "
+                 "(a minute or two, once); its steps are eager until then", key, rows, capacity)
+        loaded.compiling = threading.Thread(target=build_and_load, name=f"compile-{key}", daemon=True)
+        loaded.compiling.start()
+
+    def compiled_decode_ready(self, model_id: str, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for the background build of `model_id`'s compiled decoding
+        step, if one runs; whether its engine now computes decoding steps with one."""
+        loaded = self._models.get(model_id)
+        if loaded is None:
+            return False
+        if loaded.compiling is not None:
+            loaded.compiling.join(timeout)
+        return loaded.engine is not None and loaded.engine.compiled is not None
 
     @functools.cached_property
     def dtype(self) -> torch.dtype:

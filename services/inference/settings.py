@@ -9,6 +9,8 @@ from services.shared.settings import DEFAULT_SERVICE_PORTS, ServiceSettings
 # The LoRA ranks vLLM can be started for (its LoRAConfig.max_lora_rank, MaxLoRARanks in
 # vllm/config/lora.py of vLLM 0.33): it sizes its adapter slots by one of these.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+# The fewest keys a compiled decoding step is built for (compiled_decode.py): a smaller one would serve almost nothing.
+MIN_COMPILED_DECODE_CAPACITY = 16
 
 
 class InferenceSettings(ServiceSettings):
@@ -34,12 +36,13 @@ class InferenceSettings(ServiceSettings):
     # token) gets a core at once while batches decode; 0 keeps them equal (batching._lower_own_priority).
     engine_nice: int = Field(default=10, ge=0, le=19)
     # The `transformers` backend's decoding steps compiled ahead of time (compiled_decode.py): the keys
-    # each step may cover (prompt and answer so far), 0 for none. A model's first load then builds a
-    # package for its shape in a child process (55-110 s for SmolLM2 on 2 cores, once per model, shape
-    # and torch version, kept under data_dir/compiled); steps of up to compiled_decode_rows base-model
-    # rows within that many keys run compiled (SmolLM2, 8 rows: 33 -> 18 ms a step on a Xeon with
-    # AMX), the others as before.
-    compiled_decode_capacity: int = Field(default=0, ge=0, le=32768)
+    # a compiled step may cover (prompt and answer so far; at most the model's context), 0 for none.
+    # The first load of a model starts building its package in the background (60-130 s for SmolLM2
+    # on 2 cores, once per model, shape and torch version, kept under data_dir/compiled; it needs a C++
+    # compiler) and serves eagerly meanwhile; then steps of up to compiled_decode_rows base-model rows
+    # within that many keys run compiled (SmolLM2 in bf16, 8 rows over ~100 keys: 32 -> 19 ms a step on
+    # an AMD EPYC), the others as before.
+    compiled_decode_capacity: int = Field(default=2048, ge=0, le=32768)
     compiled_decode_rows: int = Field(default=8, ge=1, le=256)
     # LoRA adapters kept loaded per base model; past it, the least recently used idle one is unloaded.
     max_adapters: int = Field(default=8, ge=1)
@@ -79,6 +82,14 @@ class InferenceSettings(ServiceSettings):
     auto_canary_s: int = Field(default=600, ge=0)
     # How often the service looks for canaries whose time is up.
     canary_check_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("compiled_decode_capacity")
+    @classmethod
+    def _off_or_enough_keys(cls, capacity: int) -> int:
+        if 0 < capacity < MIN_COMPILED_DECODE_CAPACITY:
+            raise ValueError(f"compiled_decode_capacity (TUNELOOP_COMPILED_DECODE_CAPACITY) must be 0 (off) or at "
+                             f"least {MIN_COMPILED_DECODE_CAPACITY} keys; got {capacity}")
+        return capacity
 
     @field_validator("vllm_max_lora_rank")
     @classmethod

@@ -226,6 +226,9 @@ def test_dockerfile_runtime_stage_is_slim_and_not_root() -> None:
     assert not re.search(r"\b(gcc|g\+\+|build-essential|clang)\b", runtime_runs), (
         "no compilers in the runtime image"
     )
+    # ... so the inference service does not try to compile its decoding steps there.
+    env = " ".join(arguments for instruction, arguments in runtime if instruction == "ENV")
+    assert "TUNELOOP_COMPILED_DECODE_CAPACITY=0" in env
 
 
 # --- deploy/k8s ------------------------------------------------------------------------------

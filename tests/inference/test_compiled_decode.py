@@ -5,6 +5,8 @@ the same answers, in float32 where the two agree to rounding. Each package is re
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from services.inference.batching import BASE
 from services.inference.compiled_decode import CompiledDecode
 from services.inference.generation import Generator
 from services.inference.llama_decoder import LlamaDecoder
+from services.inference.settings import InferenceSettings
 from services.shared.models import ModelStore
 from services.shared.settings import Settings
 from tests.fixtures.engine import held_back_then_released, same
@@ -95,7 +98,8 @@ def test_the_generator_answers_the_same_with_compiled_steps(tiny_settings: Setti
     ]
     try:
         expected = [plain.generate(MODEL, **request) for request in requests]
-        compiled.generate(MODEL, prompt="warm", max_tokens=1)  # loads the model and builds the package
+        compiled.generate(MODEL, prompt="warm", max_tokens=1)  # loads the model, starts building the package
+        assert compiled.compiled_decode_ready(MODEL, timeout=600)
         got = held_back_then_released(
             compiled, MODEL, [lambda request=request: compiled.generate(MODEL, **request) for request in requests])
         for ours, theirs in zip(got, expected, strict=True):
@@ -112,6 +116,40 @@ def test_the_generator_answers_the_same_with_compiled_steps(tiny_settings: Setti
         plain.close()
 
 
+def test_requests_are_served_while_the_package_builds(tiny_settings: Settings, monkeypatch) -> None:
+    """The first load builds in the background: answers come meanwhile (eager), compiled steps after;
+    the next process finds the package built and loads it with the model."""
+    release, builds = threading.Event(), []
+    real_build = compiled_decode.build
+
+    def held_build(*args, **kwargs) -> None:
+        builds.append(args)
+        assert release.wait(timeout=600)
+        real_build(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_decode, "build", held_build)
+    first = Generator(ModelStore(tiny_settings), dtype="float32", compiled_decode=(ROWS, CAPACITY))
+    try:
+        answer = first.generate(MODEL, prompt="Hi", max_tokens=6, temperature=0)
+        assert answer.completion_tokens == 6
+        assert not first.compiled_decode_ready(MODEL, timeout=0)
+        assert first.engine(MODEL).stats.compiled_steps == 0
+        release.set()
+        assert first.compiled_decode_ready(MODEL, timeout=600)
+        again = first.generate(MODEL, prompt="Hi", max_tokens=6, temperature=0)
+        same(again, answer)
+        assert first.engine(MODEL).stats.compiled_steps == 5  # every step after the prompt's
+    finally:
+        first.close()
+    second = Generator(ModelStore(tiny_settings), dtype="float32", compiled_decode=(ROWS, CAPACITY))
+    try:
+        second.generate(MODEL, prompt="Hi", max_tokens=6, temperature=0)
+        assert second.engine(MODEL).stats.compiled_steps == 5  # from its first request on
+        assert len(builds) == 1
+    finally:
+        second.close()
+
+
 def test_a_failed_build_leaves_the_model_served_eagerly(tiny_settings: Settings, monkeypatch,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     def no_compiler(*_args, **_kwargs) -> None:
@@ -120,10 +158,31 @@ def test_a_failed_build_leaves_the_model_served_eagerly(tiny_settings: Settings,
     monkeypatch.setattr(compiled_decode, "build", no_compiler)
     generator = Generator(ModelStore(tiny_settings), dtype="float32", compiled_decode=(ROWS, CAPACITY))
     try:
+        generator.generate(MODEL, prompt="Hi", max_tokens=1, temperature=0)
+        assert not generator.compiled_decode_ready(MODEL, timeout=60)
         answer = generator.generate(MODEL, prompt="Hi", max_tokens=4, temperature=0)
         assert answer.completion_tokens == 4
         assert generator.engine(MODEL).stats.compiled_steps == 0
         assert "decoding steps stay eager: building the compiled decoding step failed" in caplog.text
+    finally:
+        generator.close()
+
+
+def test_a_damaged_package_leaves_the_model_served_eagerly(tiny_settings: Settings,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    store = ModelStore(tiny_settings)
+    path = compiled_decode.package_path(tiny_settings.data_dir / "compiled",
+                                        compiled_decode.model_identity(store.ensure(MODEL)), torch.float32, ROWS,
+                                        CAPACITY)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a package")
+    generator = Generator(store, dtype="float32", compiled_decode=(ROWS, CAPACITY))
+    try:
+        answer = generator.generate(MODEL, prompt="Hi", max_tokens=4, temperature=0)
+        assert answer.completion_tokens == 4
+        assert not generator.compiled_decode_ready(MODEL, timeout=0)
+        assert generator.engine(MODEL).stats.compiled_steps == 0
+        assert f"its package {path} does not load" in caplog.text
     finally:
         generator.close()
 
@@ -158,3 +217,24 @@ def test_the_same_weights_and_shape_share_one_package(tmp_path: Path) -> None:
     assert one not in others and len(others) == 4
     assert one.parent == tmp_path and one.suffix == ".pt2"
 
+
+
+def test_a_model_saved_again_gets_a_new_package(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (model_dir / name).write_bytes((tiny_model_dir / name).read_bytes())
+    before = compiled_decode.model_identity(model_dir)
+    weights = model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000_000))
+    assert compiled_decode.model_identity(model_dir) != before
+    assert (compiled_decode.package_path(tmp_path, compiled_decode.model_identity(model_dir), torch.float32, 4, 32)
+            != compiled_decode.package_path(tmp_path, before, torch.float32, 4, 32))
+
+
+def test_the_capacity_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNELOOP_COMPILED_DECODE_CAPACITY", raising=False)
+    assert InferenceSettings().compiled_decode_capacity == 2048  # on unless set to 0
+    assert InferenceSettings(compiled_decode_capacity=0).compiled_decode_capacity == 0
+    with pytest.raises(ValueError, match="compiled_decode_capacity .* must be 0 \\(off\\) or at least 16 keys"):
+        InferenceSettings(compiled_decode_capacity=8)
