@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 _INDUCTOR_CONFIG = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 # Part of every package's key: a package built by an earlier version of DecodeStep is not this one's.
 STEP_VERSION = 2
+# Packages a directory keeps (`prune`): the models one service serves at once, with room to spare.
+KEEP_PACKAGES = 8
+_PARENT_ENV = "TUNELOOP_COMPILE_PARENT_PID"  # set by `build` for its child: see _end_with_parent
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class DecodeStep(torch.nn.Module):
@@ -156,16 +160,30 @@ def package_path(directory: Path, model_key: str, dtype: torch.dtype, rows: int,
 
 def build(model_dir: Path, dtype: torch.dtype, rows: int, capacity: int, path: Path, timeout: float = 1800) -> None:
     """Build the package of the model saved at `model_dir` in a child process (this module's
-    `__main__`), unless `path` already holds it. RuntimeError with the child's last output if it fails."""
+    `__main__`), unless `path` already holds it; afterwards the directory keeps the `KEEP_PACKAGES`
+    packages used most recently. RuntimeError with the child's last output if it fails.
+
+    On Linux the child ends when the thread that called `build` does (a stopped service leaves no
+    compile running)."""
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "services.inference.compiled_decode", str(model_dir), str(dtype).removeprefix(
         "torch."), str(rows), str(capacity), str(path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, _PARENT_ENV: str(os.getpid())})
     if done.returncode != 0 or not path.exists():
         raise RuntimeError(f"building the compiled decoding step failed ({done.returncode}): {done.stderr[-2000:]}")
+    prune(path.parent, keep=path)
+
+
+def prune(directory: Path, keep: Path) -> None:
+    """Delete the packages in `directory` past the `KEEP_PACKAGES` used most recently (`keep` stays).
+    A package is keyed by its model's files, so each full fine-tune served leaves one (~330 MB for
+    SmolLM2); a process that loaded one has its own copy, so deleting it stops no one."""
+    packages = sorted(directory.glob("decode-*.pt2"), key=lambda package: package.stat().st_mtime, reverse=True)
+    for package in [package for package in packages if package != keep][KEEP_PACKAGES - 1:]:
+        package.unlink(missing_ok=True)
 
 
 class CompiledDecode:
@@ -179,6 +197,7 @@ class CompiledDecode:
     def __init__(self, path: Path, model: Any, rows: int, capacity: int):
         self.rows, self.capacity = rows, capacity
         self._runner = torch._inductor.aoti_load_package(str(path))
+        os.utime(path)  # used now: `prune` keeps the packages used most recently
         self._keys, self._values = buffers(model, rows, capacity)
         self.steps = 0  # decoding steps computed here
 
@@ -219,11 +238,25 @@ class CompiledDecode:
                    for layer, keys, values in zip(layers, self._keys, self._values, strict=True))
 
 
+def _end_with_parent() -> None:
+    """Linux: have the kernel end this process (SIGTERM) when the thread that started it ends."""
+    parent = os.environ.get(_PARENT_ENV)
+    if not sys.platform.startswith("linux") or parent is None:
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):  # it ended before the line above: nobody waits for this build
+        raise SystemExit("the process that asked for this build has ended")
+
+
 def _main(argv: list[str]) -> None:
     """`python -m services.inference.compiled_decode MODEL_DIR DTYPE ROWS CAPACITY PACKAGE`."""
     from transformers import AutoModelForCausalLM
 
     model_dir, dtype_name, rows, capacity, path = argv
+    _end_with_parent()
     # A service builds while it serves: its requests come first, the build takes what is left.
     os.nice(19)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]

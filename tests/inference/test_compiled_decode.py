@@ -6,9 +6,13 @@ the same answers, in float32 where the two agree to rounding. Each package is re
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from transformers import DynamicCache
@@ -185,6 +189,42 @@ def test_a_damaged_package_leaves_the_model_served_eagerly(tiny_settings: Settin
         assert f"its package {path} does not load" in caplog.text
     finally:
         generator.close()
+
+
+def test_a_build_ends_with_the_process_that_asked_for_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A service stopped (here: killed) while it builds leaves no compile running."""
+    path = tmp_path / "step.pt2"
+    script = ("import sys, torch; from pathlib import Path; from services.inference import compiled_decode; "
+              "compiled_decode.build(Path(sys.argv[1]), torch.float32, 4, 32, Path(sys.argv[2]))")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tiny_model_dir), str(path)],
+                              cwd=Path(__file__).resolve().parents[2])
+    asking = psutil.Process(parent.pid)
+    deadline = time.monotonic() + 60
+    while not (children := asking.children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert children, "the build's child process never started"
+    builder = children[0]
+    assert "services.inference.compiled_decode" in " ".join(builder.cmdline())
+    time.sleep(8)  # into its compile, which writes nothing (a child that writes to a closed pipe ends anyway)
+    parent.kill()
+    parent.wait()
+    _, alive = psutil.wait_procs([builder], timeout=30)
+    assert not alive
+    assert not path.exists()
+
+
+def test_a_directory_keeps_the_packages_used_most_recently(tmp_path: Path) -> None:
+    packages = [tmp_path / f"decode-{index:02d}.pt2" for index in range(compiled_decode.KEEP_PACKAGES + 3)]
+    for age, package in enumerate(reversed(packages)):  # packages[0] is the newest
+        package.write_bytes(b"package")
+        os.utime(package, (1_000_000 + age, 1_000_000 + age))
+    other = tmp_path / "notes.txt"
+    other.write_text("not a package")
+    oldest = packages[-1]
+    compiled_decode.prune(tmp_path, keep=oldest)  # just built, say, with an old modification time
+    left = sorted(tmp_path.glob("decode-*.pt2"))
+    assert left == sorted([*packages[:compiled_decode.KEEP_PACKAGES - 1], oldest])
+    assert other.exists()
 
 
 def test_a_model_it_cannot_compute_is_refused_in_the_child(tmp_path: Path) -> None:
