@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from services.inference.batching import BASE
-from services.inference.llama_decoder import _key_bias, _one_query_attention
+from services.inference.llama_decoder import key_bias, one_query_attention
 from services.inference.llama_decoder import supports as supports_llama
 from services.inference.settings import MIN_COMPILED_DECODE_CAPACITY as MIN_CAPACITY
 
@@ -69,7 +69,7 @@ class DecodeStep(torch.nn.Module):
     columns, head dim], one per layer, changed in place), attends over their first `length`
     columns and returns the last position's logits [rows, vocabulary]. `bias` is 0 where a row
     attends and minus infinity elsewhere. LlamaDecoder's one-query step with its own pieces: the
-    model's modules, transformers' rotary formula and the decoder's `_one_query_attention`."""
+    model's modules, transformers' rotary formula and the decoder's `one_query_attention`."""
 
     def __init__(self, model: Any):
         super().__init__()
@@ -94,7 +94,7 @@ class DecodeStep(torch.nn.Module):
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
             keys[index].index_copy_(2, column, key)
             values[index].index_copy_(2, column, value)
-            out = _one_query_attention(query, keys[index][:, :, :length], values[index][:, :, :length], bias,
+            out = one_query_attention(query, keys[index][:, :, :length], values[index][:, :, :length], bias,
                                        attention.scaling)
             hidden = hidden + F.linear(out.transpose(1, 2).reshape(rows, 1, heads * dim), attention.o_proj.weight)
             x = layer.post_attention_layernorm(hidden)
@@ -216,7 +216,7 @@ class CompiledDecode:
                 self._keys[index][:rows, :, :length - 1] = layer.keys
                 self._values[index][:rows, :, :length - 1] = layer.values
         bias = torch.full((self.rows, 1, 1, length), float("-inf"))
-        bias[:rows] = _key_bias(mask)
+        bias[:rows] = key_bias(mask)
         bias[rows:, 0, 0, 0] = 0  # padding rows attend to one key: no row of nothing but minus infinity
         padded_ids = torch.zeros((self.rows, 1), dtype=torch.long)
         padded_ids[:rows] = ids

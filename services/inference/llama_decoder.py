@@ -9,7 +9,7 @@ same modules (the embedding, each RMSNorm, each projection, the rotary embedding
 the head), so weights, packed layouts (packed_linear.py) and peft's LoRA layers are used exactly as
 they are; what it writes itself is the loop over layers, the attention mask (built once per pass
 from the engine's 2D mask), and the attention: one `scaled_dot_product_attention` call per layer
-when reading prompts, and its own matmuls for a decoding step's single query (`_one_query_attention`:
+when reading prompts, and its own matmuls for a decoding step's single query (`one_query_attention`:
 a step of 8 rows on an AMD EPYC without AMX went from 47 to 36 ms), in both cases with grouped query
 heads left grouped (no copies of the keys and values).
 
@@ -73,7 +73,7 @@ class LlamaDecoder:
         position_embeddings = model.rotary_emb(hidden, positions)
         # One query per row (a decoding step): attention as matmuls, with the mask as a bias to add.
         if ids.shape[1] == 1:
-            attend, allowed = _one_query_attention, _key_bias(mask)
+            attend, allowed = one_query_attention, key_bias(mask)
         else:
             attend, allowed = _prompt_attention, _allowed(mask, ids.shape[1])
         lora = {} if adapters is None else {"adapter_names": list(adapters)}
@@ -146,11 +146,11 @@ def _prompt_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                                           enable_gqa=query.shape[1] != key.shape[1])
 
 
-def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+def one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
                          scale: float) -> torch.Tensor:
     """Attention of one new position per row ([rows, heads, 1, head dim]) over [rows, kv heads,
     keys, head dim], in float32 from the model's dtype, each group of query heads against its own
-    key/value head (grouped-query attention, nothing copied per head); `bias` is `_key_bias`.
+    key/value head (grouped-query attention, nothing copied per head); `bias` is `key_bias`.
 
     What `scaled_dot_product_attention` computes, by other kernels: with one query, its CPU kernel
     (flash attention) does its blocked work on a 1-row block, and in bf16 on an AVX512-BF16 CPU
@@ -166,7 +166,7 @@ def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return out.to(query.dtype).reshape(rows, heads, 1, dim)
 
 
-def _key_bias(mask: torch.Tensor) -> torch.Tensor:
+def key_bias(mask: torch.Tensor) -> torch.Tensor:
     """[rows, 1, 1, cached + 1] float32: 0 for a row's tokens (`mask` 1), minus infinity for its padding."""
     bias = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(mask == 0, float("-inf"))
     return bias[:, None, None, :]
