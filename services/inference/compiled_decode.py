@@ -10,8 +10,9 @@ Measured with SmolLM2-135M-Instruct in bf16, 8 rows (bench/decode_step.py, RESUL
 
 - 2 cores of an AMD EPYC (Zen 4: AVX512-BF16, no AMX): eager `LlamaDecoder` 32 ms a step over
   60-100 keys; compiled 18 ms over 64 keys, 19 over 100, 21 over 200, 25 over 400, 35 over 1000,
-  55 over 2000 (attention grows with the keys, in both). Autotuning keeps oneDNN's products here:
-  the templates have no AVX512-BF16 kernel (they convert to float32), 43 ms with them alone.
+  55 over 2000 (attention grows with the keys, in both). Autotuned, the step takes what it takes
+  with oneDNN's products alone (20.0 ms over 60-100 keys, both with 128 static columns): the
+  templates have no AVX512-BF16 kernel (they convert to float32), 43 ms with them alone.
 - 2 cores of a Xeon with AMX (session 10, a static 128-key step with the templates alone): 33.4
   -> 17.9 ms; the templates' AMX micro-kernels compute a product of 8 rows in ~10 us against
   oneDNN's ~32 us. This dynamic-keys step with autotuning was not measured on that CPU.
