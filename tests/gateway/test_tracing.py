@@ -73,10 +73,13 @@ def traced(collector, tmp_path_factory, tiny_model_dir):
 
 
 def _spans_of(collector: Collector, trace_id: bytes, services: set[str]) -> list[tuple[str, trace_pb2.Span]]:
+    """The spans of `trace_id` once each of `services` has exported its server span. A service's
+    server span ends last and may come in a later batch than its client spans: waiting for any
+    span of a service once let a test look before its server span arrived."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         spans = collector.in_trace(trace_id)
-        if services <= {service for service, _ in spans}:
+        if services <= {service for service, span in spans if span.kind == trace_pb2.Span.SPAN_KIND_SERVER}:
             return spans
         time.sleep(0.1)
     raise AssertionError(f"spans of trace {trace_id.hex()} from {services} not exported; got {collector.in_trace(trace_id)}")
